@@ -1,0 +1,8 @@
+"""The one exception type for errors a user can cause (bad file, bad config, bad option)."""
+
+
+class SeparatorError(Exception):
+    """A user-facing error. Its message names the file or setting and how to fix it.
+
+    The CLI prints it as one line and exits with code 2, without a traceback.
+    """
