@@ -183,10 +183,10 @@ class BandSplit(nn.Module):
             starts = np.cumsum((0,) + self.dim_inputs[:-1])
             feature_index = [torch.arange(s, s + d) for s, d in zip(starts, self.dim_inputs)]
         self.groups = BandGroups(self.dim_inputs)
-        self.n_features = int(max(int(i.max()) for i in feature_index)) + 1
         self._starts = [int(feature_index[g[0]][0]) for g in self.groups.bands]
         for g in range(len(self.groups.bands)):
-            idx = self.groups.group_index(g, feature_index, pad_value=self.n_features)
+            # Padding gathers the zero column appended to the features at run time (index -1).
+            idx = self.groups.group_index(g, feature_index, pad_value=-1)
             self.register_buffer(f"_index{g}", idx, persistent=False)
             scale = torch.tensor([self.dim_inputs[k] ** 0.5 for k in self.groups.bands[g]])
             self.register_buffer(f"_scale{g}", scale[:, None], persistent=False)
