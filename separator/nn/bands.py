@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from separator.nn.layers import RMSNorm
+from separator.nn.layers import RMSNorm, WeightCache
 
 # A group may pad its bands to at most this factor of their real total width: a few large matmuls
 # with a little padding beat many small ones.
@@ -142,26 +142,6 @@ def _padded_stack(tensors: Sequence[Tensor], width: int, dim: int) -> Tensor:
     return torch.stack(padded)
 
 
-class _WeightCache:
-    """Caches weights stacked from per-band parameters while no gradient is being recorded.
-
-    The key holds each parameter's identity and version counter, so `load_state_dict`, optimiser
-    steps and `.to()` all invalidate it.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value: object = None
-
-    def get(self, params: Sequence[Tensor], build):
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return build()
-        key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
-        if key != self._key:
-            self._value, self._key = build(), key
-        return self._value
-
-
 class BandSplit(nn.Module):
     """Per-band RMSNorm + Linear from spectrum features to `dim`, batched over band groups.
 
@@ -190,7 +170,7 @@ class BandSplit(nn.Module):
             self.register_buffer(f"_index{g}", idx, persistent=False)
             scale = torch.tensor([self.dim_inputs[k] ** 0.5 for k in self.groups.bands[g]])
             self.register_buffer(f"_scale{g}", scale[:, None], persistent=False)
-        self._cache = _WeightCache()
+        self._cache = WeightCache()
         # Contiguous groups read a view of the spectrum; that needs consecutive feature positions.
         for g, bands in enumerate(self.groups.bands):
             if self.groups.contiguous[g]:
@@ -269,7 +249,7 @@ class MaskEstimator(nn.Module):
         ]
         for g, bands in enumerate(self.groups.bands):
             self.register_buffer(f"_bands{g}", torch.tensor(bands), persistent=False)
-        self._cache = _WeightCache()
+        self._cache = WeightCache()
 
     def _linears(self, k: int) -> list[nn.Linear]:
         return [m for m in self.to_freqs[k][0] if isinstance(m, nn.Linear)]

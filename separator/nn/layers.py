@@ -16,6 +16,9 @@ as one complex multiplication with angles computed once per forward, and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +26,36 @@ from torch import Tensor, nn
 # F.normalize clamps the norm at 1e-12; an RMS epsilon of (1e-12)^2 / dim gives the same result for
 # every vector whose norm is not vanishingly small, and zero (not NaN) for an all-zero vector.
 _NORM_EPS = 1e-24
+
+
+class WeightCache:
+    """Caches weights derived from parameters (folded, stacked) while no gradient is recorded.
+
+    The key holds each parameter's identity, version counter, device and dtype, so
+    `load_state_dict`, optimiser steps and `.to()` all invalidate it. With gradients on, the
+    derived weights are rebuilt every call so that autograd sees them.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: object = None
+
+    def get(self, params: Sequence[Tensor], build: Callable[[], Any]) -> Any:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return build()
+        key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
+        if key != self._key:
+            self._value, self._key = build(), key
+        return self._value
+
+
+def unit_rms(x: Tensor) -> Tensor:
+    """x scaled to unit RMS over the last axis: MSST's `F.normalize(x) * sqrt(dim)` without gamma.
+
+    One reduction pass and one multiply; the norms' gammas are folded into the next Linear.
+    """
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
+    return x * (x.shape[-1] ** 0.5 / norm)
 
 
 class RMSNorm(nn.Module):
@@ -100,12 +133,26 @@ class Attention(nn.Module):
         self.to_gates = nn.Linear(dim, heads)
         self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.Dropout(dropout))
 
+        self._cache = WeightCache()
+
+    def _weights(self) -> tuple[Tensor, Tensor]:
+        """[to_qkv; to_gates] with the norm's gamma folded in, and the gates' bias."""
+        w = torch.cat([self.to_qkv.weight, self.to_gates.weight]) * self.norm.gamma
+        return w, self.to_gates.bias
+
     def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
-        """x: (batch, seq, dim) -> (batch, seq, dim); rotation from `RotaryEmbedding.rotation`."""
-        b, n, _ = x.shape
+        """x + attention(x): (batch, seq, dim) -> (batch, seq, dim). The residual is included.
+
+        rotation: from `RotaryEmbedding.rotation(seq)`, or None for no positions.
+        """
+        b, n, dim = x.shape
         h, d = self.heads, self.dim_head
-        x = self.norm(x)
-        qkv = F.linear(x, self.to_qkv.weight).view(b, n, 3, h, d)
+        w, gate_bias = self._cache.get(
+            [self.to_qkv.weight, self.to_gates.weight, self.to_gates.bias, self.norm.gamma],
+            self._weights,
+        )
+        proj = F.linear(unit_rms(x), w)  # one matmul for q, k, v and the gates
+        qkv = proj[..., : 3 * h * d].unflatten(-1, (3, h, d))
         if rotation is not None:
             qk = apply_rotary(qkv[:, :, :2], rotation).to(qkv.dtype)
             q, k = qk.unbind(2)
@@ -118,9 +165,11 @@ class Attention(nn.Module):
             v.transpose(1, 2),
             dropout_p=self.dropout if self.training else 0.0,
         )
-        gates = torch.sigmoid(self.to_gates(x))  # (b, n, h)
-        out = out.transpose(1, 2) * gates.unsqueeze(-1)  # (b, n, h, d), contiguous
-        return self.to_out(out.reshape(b, n, h * d))
+        gates = torch.sigmoid(proj[..., 3 * h * d :] + gate_bias)  # (b, n, h)
+        out = out.transpose(1, 2) * gates.unsqueeze(-1)  # (b, n, h, d)
+        out = F.dropout(out.reshape(b * n, h * d), self.dropout, self.training)
+        # Residual add fused into the output matmul (addmm's beta=1 accumulation).
+        return torch.addmm(x.reshape(b * n, dim), out, self.to_out[0].weight.t()).view(b, n, dim)
 
 
 class LinearAttention(nn.Module):
@@ -142,6 +191,7 @@ class LinearAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Identity(), nn.Linear(inner, dim, bias=False))
 
     def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
+        """x + attention(x) (the residual is included, as in `Attention`)."""
         b, n, _ = x.shape
         h, d = self.heads, self.dim_head
         qkv = self.to_qkv(self.norm(x)).view(b, n, 3, h, d).permute(2, 0, 3, 4, 1)  # 3 b h d n
@@ -151,7 +201,7 @@ class LinearAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, scale=8.0
         )
-        return self.to_out(out.permute(0, 3, 1, 2).reshape(b, n, h * d))
+        return x + self.to_out(out.permute(0, 3, 1, 2).reshape(b, n, h * d))
 
 
 class FeedForward(nn.Module):
@@ -169,8 +219,22 @@ class FeedForward(nn.Module):
             nn.Dropout(dropout),
         )
 
+        self.dropout = dropout
+        self._cache = WeightCache()
+
+    def _weights(self) -> Tensor:
+        return self.net[1].weight * self.net[0].gamma
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        """x + feed_forward(x): (batch, seq, dim) -> (batch, seq, dim)."""
+        w1 = self._cache.get([self.net[1].weight, self.net[0].gamma], self._weights)
+        hidden = F.gelu(F.linear(unit_rms(x), w1, self.net[1].bias))
+        hidden = F.dropout(hidden, self.dropout, self.training)
+        shape = x.shape
+        out = torch.addmm(x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1]),
+                          self.net[4].weight.t())
+        out = out.add_(self.net[4].bias)
+        return F.dropout(out, self.dropout, self.training).view(shape)
 
 
 class Transformer(nn.Module):
@@ -210,7 +274,6 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
         """x: (batch, seq, dim) -> (batch, seq, dim)."""
-        for attn, ff in self.layers:
-            x = attn(x, rotation) + x
-            x = ff(x) + x
+        for attn, ff in self.layers:  # both blocks add their own residual
+            x = ff(attn(x, rotation))
         return self.norm(x)

@@ -119,9 +119,11 @@ class RoformerBase(nn.Module):
             if self.config.skip_connection:
                 for prev in store:
                     x = x + prev
-            x = x.transpose(1, 2).reshape(b * k, t, d)
+            # Contiguous sequences so every Linear below is one plain matmul (with b == 1
+            # reshape would return a strided view, and matmul would fall back to bmm).
+            x = x.transpose(1, 2).reshape(b * k, t, d).contiguous()
             x = self._run(time_t, x, rot_t)
-            x = x.view(b, k, t, d).transpose(1, 2).reshape(b * t, k, d)
+            x = x.view(b, k, t, d).transpose(1, 2).reshape(b * t, k, d).contiguous()
             x = self._run(freq_t, x, rot_f).view(b, t, k, d)
             if self.config.skip_connection:
                 store.append(x)
