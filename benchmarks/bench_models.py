@@ -23,9 +23,18 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 SIZES = {"small": dict(dim=128, depth=6), "large": dict(dim=384, depth=6)}
-COMMON = dict(stereo=True, num_stems=1, time_transformer_depth=1, freq_transformer_depth=1,
-              dim_head=64, heads=8, stft_n_fft=2048, stft_hop_length=441, stft_win_length=2048,
-              mask_estimator_depth=2)
+COMMON = dict(
+    stereo=True,
+    num_stems=1,
+    time_transformer_depth=1,
+    freq_transformer_depth=1,
+    dim_head=64,
+    heads=8,
+    stft_n_fft=2048,
+    stft_hop_length=441,
+    stft_win_length=2048,
+    mask_estimator_depth=2,
+)
 SAMPLE_RATE = 44100
 SECONDS = 8.0
 
@@ -90,15 +99,19 @@ def machine_info() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}; "
-            f"threads {torch.get_num_threads()}; python {platform.python_version()}")
+    return (
+        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"threads {torch.get_num_threads()}; python {platform.python_version()}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,large")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="print a torch profiler table of ours")
+    parser.add_argument(
+        "--profile", action="store_true", help="print a torch profiler table of ours"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     print(machine_info())
@@ -112,17 +125,32 @@ def main() -> None:
         peak = max(peak, matmul_peak())  # measured before and after the models
         for name in ("ref", "ours"):
             gflops = flops[name] / t[name] / 1e9
-            rows.append((size, name, t[name], flops[name] / SECONDS / 1e9, gflops,
-                         100 * gflops / peak, SECONDS / t[name], t["ref"] / t[name], peak))
+            rows.append(
+                (
+                    size,
+                    name,
+                    t[name],
+                    flops[name] / SECONDS / 1e9,
+                    gflops,
+                    100 * gflops / peak,
+                    SECONDS / t[name],
+                    t["ref"] / t[name],
+                    peak,
+                )
+            )
         if args.profile:
             with torch.inference_mode(), torch.profiler.profile() as prof:
                 ours(x)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
-    print(f"\n{'config':8} {'model':5} {'s/chunk':>8} {'GFLOP/aud-s':>12} {'GFLOP/s':>8} "
-          f"{'% peak':>7} {'x realtime':>10} {'speed-up':>8} {'peak GFLOP/s':>12}")
+    print(
+        f"\n{'config':8} {'model':5} {'s/chunk':>8} {'GFLOP/aud-s':>12} {'GFLOP/s':>8} "
+        f"{'% peak':>7} {'x realtime':>10} {'speed-up':>8} {'peak GFLOP/s':>12}"
+    )
     for size, name, sec, gf_per_s_audio, gflops, pct, rt, ratio, peak in rows:
-        print(f"{size:8} {name:5} {sec:8.3f} {gf_per_s_audio:12.1f} {gflops:8.1f} {pct:6.1f}% "
-              f"{rt:10.2f} {ratio:7.2f}x {peak:12.1f}")
+        print(
+            f"{size:8} {name:5} {sec:8.3f} {gf_per_s_audio:12.1f} {gflops:8.1f} {pct:6.1f}% "
+            f"{rt:10.2f} {ratio:7.2f}x {peak:12.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_ConfigLoader)  # noqa: S506 - safe subclass
+            data = yaml.load(f, Loader=_ConfigLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as e:
@@ -88,7 +88,9 @@ def _torch_load(path: Path) -> Any:
             "trusted environment, or convert it to safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -107,11 +109,13 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     if not tensors:
         raise CheckpointError(f"{path}: no tensors found in the checkpoint")
     if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
-def save_state_dict(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(
+    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Save a model's state dict as safetensors, atomically.
 
     Tied tensors (the rotary `freqs` shared by all layers of an axis) are stored once per key, as
@@ -152,7 +156,9 @@ def detect_architecture(model_cfg: Mapping[str, Any]) -> str:
     return "mel_band_roformer" if "num_bands" in model_cfg else "bs_roformer"
 
 
-def card_from_msst(data: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> ModelCard:
+def card_from_msst(
+    data: Mapping[str, Any], path: Path | None = None, name: str | None = None
+) -> ModelCard:
     """Turn an MSST YAML (`audio:`, `model:`, `training:`) into a ModelCard."""
     where = f"{path}: " if path else ""
     model = data.get("model")
@@ -165,7 +171,9 @@ def card_from_msst(data: Mapping[str, Any], path: Path | None = None, name: str 
     instruments = list(training.get("instruments") or [])
     if target:
         if num_stems != 1:
-            raise ConfigError(f"{where}training.target_instrument is set but model.num_stems={num_stems}")
+            raise ConfigError(
+                f"{where}training.target_instrument is set but model.num_stems={num_stems}"
+            )
         stems = [target]
     elif instruments:
         if len(instruments) != num_stems:
@@ -232,7 +240,9 @@ def load_model(
     if checkpoint is None:
         checkpoint = card.weights_path
         if checkpoint is None:
-            raise ConfigError(f"{card.path or card.name}: no checkpoint given and the card names none")
+            raise ConfigError(
+                f"{card.path or card.name}: no checkpoint given and the card names none"
+            )
     model = build_model(card)
     load_weights(model, load_state_dict(checkpoint), source=Path(checkpoint), config=card.path)
     return model.to(device).eval()
@@ -241,13 +251,20 @@ def load_model(
 # Which config fields shape which parameters (for mismatch messages).
 _HINTS = (
     (r"^band_split\.", "freqs_per_bands/num_bands, stereo, stft_n_fft, dim"),
-    (r"^mask_estimators\.\d+\.to_freqs\.\d+\.0\.", "mask_estimator_depth, mlp_expansion_factor, "
-     "dim, freqs_per_bands/num_bands, stereo"),
+    (
+        r"^mask_estimators\.\d+\.to_freqs\.\d+\.0\.",
+        "mask_estimator_depth, mlp_expansion_factor, dim, freqs_per_bands/num_bands, stereo",
+    ),
     (r"^mask_estimators\.", "num_stems (training.instruments / target_instrument)"),
     (r"^layers\.\d+\.\d+\.layers\.\d+\.0\.(to_qkv|to_out|to_gates|rotary)", "dim, heads, dim_head"),
-    (r"^layers\.\d+\.\d+\.norm\.|^final_norm", "architecture (BS has final_norm; Mel has a norm "
-     "per transformer)"),
-    (r"^layers\.", "depth, time_transformer_depth, freq_transformer_depth, linear_transformer_depth"),
+    (
+        r"^layers\.\d+\.\d+\.norm\.|^final_norm",
+        "architecture (BS has final_norm; Mel has a norm per transformer)",
+    ),
+    (
+        r"^layers\.",
+        "depth, time_transformer_depth, freq_transformer_depth, linear_transformer_depth",
+    ),
 )
 
 
@@ -260,7 +277,9 @@ def load_weights(
     unexpected = [k for k in sd if k not in expected]
     wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
-        raise CheckpointError(_mismatch_message(expected, sd, missing, unexpected, wrong, source, config))
+        raise CheckpointError(
+            _mismatch_message(expected, sd, missing, unexpected, wrong, source, config)
+        )
     model.load_state_dict(dict(sd), strict=True)
 
 
@@ -277,7 +296,9 @@ def _mismatch_message(expected, sd, missing, unexpected, wrong, source, config) 
         parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
     fields: list[str] = []
     count = {
-        name: [len({k.split(".")[1] for k in keys if k.startswith(prefix)}) for keys in (sd, expected)]
+        name: [
+            len({k.split(".")[1] for k in keys if k.startswith(prefix)}) for keys in (sd, expected)
+        ]
         for name, prefix in (("stems", "mask_estimators."), ("depth", "layers."))
     }
     if count["stems"][0] != count["stems"][1]:
@@ -322,8 +343,12 @@ def convert_checkpoint(
     save_state_dict(model, output, metadata={"architecture": card.architecture})
     card_name = check_name(name or output.stem, "model name")
     card = ModelCard(
-        name=card_name, architecture=card.architecture, model=card.model, stems=card.stems,
-        sample_rate=card.sample_rate, chunk_size=card.chunk_size,
+        name=card_name,
+        architecture=card.architecture,
+        model=card.model,
+        stems=card.stems,
+        sample_rate=card.sample_rate,
+        chunk_size=card.chunk_size,
         weights={"file": output.name, "sha256": sha256_file(output), "size": output.stat().st_size},
         license="unknown: see the checkpoint's source",
         source=f"converted from {checkpoint.name} with {Path(config).name}",

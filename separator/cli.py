@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer import TyperException
@@ -38,10 +38,12 @@ def _root() -> None:
 # --- separator convert (checkpoints) ---------------------------------------------------------
 @app.command("convert")
 def convert_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="MSST checkpoint (.ckpt/.pth/.pt/.safetensors)")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="MSST checkpoint (.ckpt/.pth/.pt/.safetensors)")
+    ],
     config: Annotated[Path, typer.Option("--config", "-c", help="MSST YAML config")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output .safetensors path")],
-    name: Annotated[Optional[str], typer.Option(help="model name written in the card")] = None,
+    name: Annotated[str | None, typer.Option(help="model name written in the card")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
 ) -> None:
     """Convert an MSST checkpoint to safetensors plus a YAML model card (after a strict load)."""

@@ -12,7 +12,12 @@ import torch
 import yaml
 
 from separator.checkpoints import (
-    convert_checkpoint, detect_architecture, load_model, load_state_dict, read_card, read_yaml,
+    convert_checkpoint,
+    detect_architecture,
+    load_model,
+    load_state_dict,
+    read_card,
+    read_yaml,
     save_state_dict,
 )
 from separator.cli import main

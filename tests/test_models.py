@@ -7,17 +7,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_golden
 
 from separator.errors import ConfigError
 from separator.nn import ARCHITECTURES, BSRoformer, MelBandRoformer
 from separator.nn.bands import BandSplit, MaskEstimator, mel_band_matrix, stft_bins
 from separator.nn.config import DEFAULT_FREQS_PER_BANDS
 
-from conftest import load_golden
-
 CLASSES = {"BSRoformer": BSRoformer, "MelBandRoformer": MelBandRoformer}
-TINY = dict(dim=16, depth=1, heads=2, dim_head=8, stft_n_fft=256, stft_hop_length=64,
-            stft_win_length=256, time_transformer_depth=1, freq_transformer_depth=1)
+TINY = dict(
+    dim=16,
+    depth=1,
+    heads=2,
+    dim_head=8,
+    stft_n_fft=256,
+    stft_hop_length=64,
+    stft_win_length=256,
+    time_transformer_depth=1,
+    freq_transformer_depth=1,
+)
 TINY_BANDS = (2,) * 8 + (4,) * 8 + (8,) * 4 + (16, 33)  # sums to 129 bins
 
 
@@ -53,12 +61,23 @@ def test_default_bs_bands_sum_to_bins():
 
 
 def test_bs_bands_must_sum_to_bins():
-    with pytest.raises(ConfigError, match="sum of freqs_per_bands is 128 but stft_n_fft=256 gives 129"):
+    with pytest.raises(
+        ConfigError, match="sum of freqs_per_bands is 128 but stft_n_fft=256 gives 129"
+    ):
         BSRoformer(**TINY, freqs_per_bands=(64, 64))
 
 
-@pytest.mark.parametrize("sr,n_fft,bands", [(44100, 2048, 60), (44100, 2048, 64), (44100, 2048, 128),
-                                             (48000, 2048, 60), (44100, 512, 16), (16000, 1024, 40)])
+@pytest.mark.parametrize(
+    "sr,n_fft,bands",
+    [
+        (44100, 2048, 60),
+        (44100, 2048, 64),
+        (44100, 2048, 128),
+        (48000, 2048, 60),
+        (44100, 512, 16),
+        (16000, 1024, 40),
+    ],
+)
 def test_every_mel_bin_is_covered(sr, n_fft, bands):
     cover = mel_band_matrix(sr, n_fft, bands)
     assert cover.shape == (bands, n_fft // 2 + 1)
@@ -83,8 +102,11 @@ def test_mel_counts_match_band_cover():
 @pytest.mark.parametrize("length", [1000, 4096, 4097])
 def test_output_shape_keeps_length(arch, stereo, length):
     kw = dict(TINY, stereo=stereo, num_stems=3)
-    model = (BSRoformer(**kw, freqs_per_bands=TINY_BANDS) if arch == "bs"
-             else MelBandRoformer(**kw, num_bands=10, sample_rate=22050)).eval()
+    model = (
+        BSRoformer(**kw, freqs_per_bands=TINY_BANDS)
+        if arch == "bs"
+        else MelBandRoformer(**kw, num_bands=10, sample_rate=22050)
+    ).eval()
     channels = 2 if stereo else 1
     x = torch.randn(2, channels, length)
     with torch.inference_mode():
@@ -136,7 +158,9 @@ def test_band_modules_equal_per_band_loop(widths):
     for p in list(split.parameters()) + list(est.parameters()):
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(2, 7, 300)
-    torch.testing.assert_close(split(x), _reference_band_split(split, x, index), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        split(x), _reference_band_split(split, x, index), atol=2e-5, rtol=1e-5
+    )
     h = torch.randn(2, 7, len(widths), 24)
     ours = est(h.permute(2, 0, 1, 3).reshape(len(widths), 14, 24)).view(2, 7, -1)
     torch.testing.assert_close(ours, _reference_mask(est, h), atol=2e-5, rtol=1e-5)

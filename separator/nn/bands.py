@@ -105,7 +105,8 @@ class BandGroups:
         self.bands = [tuple(g) for g in groups]
         self.width = [max(self.widths[k] for k in g) for g in groups]
         self.contiguous = [
-            all(self.widths[k] == self.width[i] for k in g) and list(g) == list(range(g[0], g[-1] + 1))
+            all(self.widths[k] == self.width[i] for k in g)
+            and list(g) == list(range(g[0], g[-1] + 1))
             for i, g in enumerate(groups)
         ]
         # Band order after concatenating groups, and its inverse (identity for BS layouts).
@@ -128,8 +129,10 @@ class BandGroups:
     def group_index(self, g: int, feature_index: Sequence[Tensor], pad_value: int) -> Tensor:
         """(bands, width) gather index into the features; padding points at `pad_value`."""
         w = self.width[g]
-        rows = [F.pad(feature_index[k], (0, w - len(feature_index[k])), value=pad_value)
-                for k in self.bands[g]]
+        rows = [
+            F.pad(feature_index[k], (0, w - len(feature_index[k])), value=pad_value)
+            for k in self.bands[g]
+        ]
         return torch.stack(rows)
 
 
@@ -172,7 +175,7 @@ class BandSplit(nn.Module):
             self.register_buffer(f"_scale{g}", scale[:, None], persistent=False)
         self._cache = WeightCache()
         # Contiguous groups read a view of the spectrum; that needs consecutive feature positions.
-        for g, bands in enumerate(self.groups.bands):
+        for g in range(len(self.groups.bands)):
             if self.groups.contiguous[g]:
                 idx = getattr(self, f"_index{g}").reshape(-1)
                 if not torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + idx.numel())):
@@ -188,7 +191,6 @@ class BandSplit(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape
         weights = self._cache.get(list(self.parameters()), self._weights)
         padded = None
         outs = []
@@ -231,14 +233,17 @@ class MaskEstimator(nn.Module):
     forward: (bands, rows, dim) band-major features -> (rows, sum(dim_inputs)) in band order.
     """
 
-    def __init__(self, dim: int, dim_inputs: Sequence[int], n_linear: int, mlp_expansion_factor: int):
+    def __init__(
+        self, dim: int, dim_inputs: Sequence[int], n_linear: int, mlp_expansion_factor: int
+    ):
         super().__init__()
         if n_linear < 1:
             raise ValueError("mask_estimator_depth must be at least 1")
         self.dim_inputs = tuple(int(d) for d in dim_inputs)
         hidden = dim * mlp_expansion_factor
         self.to_freqs = nn.ModuleList(
-            nn.Sequential(_mlp(dim, 2 * d, hidden, n_linear), nn.GLU(dim=-1)) for d in self.dim_inputs
+            nn.Sequential(_mlp(dim, 2 * d, hidden, n_linear), nn.GLU(dim=-1))
+            for d in self.dim_inputs
         )
         self.n_linear = n_linear
         self.groups = BandGroups(self.dim_inputs)
@@ -275,7 +280,7 @@ class MaskEstimator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weights = self._cache.get(list(self.parameters()), self._weights)
         outs = []
-        for g, bands in enumerate(self.groups.bands):
+        for g in range(len(self.groups.bands)):
             sl = self._slices[g]
             h = x[sl] if sl is not None else x.index_select(0, getattr(self, f"_bands{g}"))
             for i, (w, bias) in enumerate(weights[g]):

@@ -1,4 +1,4 @@
-"""Model configurations: frozen dataclasses whose fields are the keys of an MSST YAML `model:` section.
+"""Model configurations: frozen dataclasses whose fields are the keys of an MSST `model:` section.
 
 Fact sources: the constructor signatures of `BSRoformer` and `MelBandRoformer` in ZFTurbo's
 Music-Source-Separation-Training (2024-11 revision), which the community checkpoints were trained
@@ -58,12 +58,25 @@ class RoformerConfig:
     zero_dc: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("dim", "depth", "num_stems", "dim_head", "heads", "stft_n_fft",
-                     "stft_hop_length", "stft_win_length", "mask_estimator_depth",
-                     "mlp_expansion_factor"):
+        for name in (
+            "dim",
+            "depth",
+            "num_stems",
+            "dim_head",
+            "heads",
+            "stft_n_fft",
+            "stft_hop_length",
+            "stft_win_length",
+            "mask_estimator_depth",
+            "mlp_expansion_factor",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("time_transformer_depth", "freq_transformer_depth", "linear_transformer_depth"):
+        for name in (
+            "time_transformer_depth",
+            "freq_transformer_depth",
+            "linear_transformer_depth",
+        ):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
         if self.stft_win_length > self.stft_n_fft:
@@ -72,7 +85,8 @@ class RoformerConfig:
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         object.__setattr__(
-            self, "multi_stft_resolutions_window_sizes",
+            self,
+            "multi_stft_resolutions_window_sizes",
             tuple(int(w) for w in self.multi_stft_resolutions_window_sizes),
         )
 

@@ -1,7 +1,7 @@
 """Transformer blocks shared by BS-RoFormer and Mel-Band RoFormer.
 
-Parameter names and shapes follow the checkpoint layout of ZFTurbo's Music-Source-Separation-Training
-(MSST, `models/bs_roformer/bs_roformer.py`), so community checkpoints load with `strict=True`:
+Parameter names and shapes follow the checkpoint layout of ZFTurbo's
+Music-Source-Separation-Training (MSST, `models/bs_roformer/bs_roformer.py`), so community checkpoints load with `strict=True`:
 
     Attention:        norm.gamma, to_qkv.weight, to_gates.{weight,bias}, to_out.0.weight,
                       rotary_embed.freqs (shared by every layer of one axis)
@@ -231,8 +231,9 @@ class FeedForward(nn.Module):
         hidden = F.gelu(F.linear(unit_rms(x), w1, self.net[1].bias))
         hidden = F.dropout(hidden, self.dropout, self.training)
         shape = x.shape
-        out = torch.addmm(x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1]),
-                          self.net[4].weight.t())
+        out = torch.addmm(
+            x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1]), self.net[4].weight.t()
+        )
         out = out.add_(self.net[4].bias)
         return F.dropout(out, self.dropout, self.training).view(shape)
 

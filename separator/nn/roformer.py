@@ -46,8 +46,14 @@ class RoformerBase(nn.Module):
         c = config
         self.audio_channels = c.audio_channels
         self.n_bins = stft_bins(c.stft_n_fft)
-        tkw = dict(dim=c.dim, heads=c.heads, dim_head=c.dim_head, attn_dropout=c.attn_dropout,
-                   ff_dropout=c.ff_dropout, norm_output=not final_norm)
+        tkw = dict(
+            dim=c.dim,
+            heads=c.heads,
+            dim_head=c.dim_head,
+            attn_dropout=c.attn_dropout,
+            ff_dropout=c.ff_dropout,
+            norm_output=not final_norm,
+        )
         # One rotary embedding per axis, shared by every layer of that axis (as in MSST).
         time_rotary, freq_rotary = RotaryEmbedding(c.dim_head), RotaryEmbedding(c.dim_head)
         self._rotary = (time_rotary, freq_rotary)  # a tuple: not registered twice in state_dict
@@ -56,16 +62,24 @@ class RoformerBase(nn.Module):
             block = []
             if c.linear_transformer_depth > 0:
                 block.append(Transformer(depth=c.linear_transformer_depth, linear_attn=True, **tkw))
-            block.append(Transformer(depth=c.time_transformer_depth, rotary_embed=time_rotary, **tkw))
-            block.append(Transformer(depth=c.freq_transformer_depth, rotary_embed=freq_rotary, **tkw))
+            block.append(
+                Transformer(depth=c.time_transformer_depth, rotary_embed=time_rotary, **tkw)
+            )
+            block.append(
+                Transformer(depth=c.freq_transformer_depth, rotary_embed=freq_rotary, **tkw)
+            )
             layers.append(nn.ModuleList(block))
         self.layers = nn.ModuleList(layers)
         if final_norm:
             self.final_norm = RMSNorm(c.dim)
         self.band_split = BandSplit(c.dim, band_widths, feature_index)
         self.mask_estimators = nn.ModuleList(
-            MaskEstimator(c.dim, band_widths, c.mask_estimator_depth + self._extra_mask_layer,
-                          c.mlp_expansion_factor)
+            MaskEstimator(
+                c.dim,
+                band_widths,
+                c.mask_estimator_depth + self._extra_mask_layer,
+                c.mlp_expansion_factor,
+            )
             for _ in range(c.num_stems)
         )
         self.register_buffer("stft_window", torch.hann_window(c.stft_win_length), persistent=False)
@@ -140,9 +154,12 @@ class RoformerBase(nn.Module):
         b, s, length = audio.shape
         with torch.autocast(audio.device.type, enabled=False):
             spec = torch.stft(
-                audio.reshape(b * s, length).float(), n_fft=c.stft_n_fft,
-                hop_length=c.stft_hop_length, win_length=c.stft_win_length,
-                window=self.stft_window.float(), normalized=c.stft_normalized,
+                audio.reshape(b * s, length).float(),
+                n_fft=c.stft_n_fft,
+                hop_length=c.stft_hop_length,
+                win_length=c.stft_win_length,
+                window=self.stft_window.float(),
+                normalized=c.stft_normalized,
                 return_complex=True,
             )
         return spec.view(b, s, *spec.shape[-2:])
@@ -158,9 +175,13 @@ class RoformerBase(nn.Module):
             if c.zero_dc:
                 out[:, :, :, 0] = 0
             wav = torch.istft(
-                out.reshape(b * n * s, f, t), n_fft=c.stft_n_fft, hop_length=c.stft_hop_length,
-                win_length=c.stft_win_length, window=self.stft_window.float(),
-                normalized=c.stft_normalized, length=length,
+                out.reshape(b * n * s, f, t),
+                n_fft=c.stft_n_fft,
+                hop_length=c.stft_hop_length,
+                win_length=c.stft_win_length,
+                window=self.stft_window.float(),
+                normalized=c.stft_normalized,
+                length=length,
             )
         return wav.view(b, n, s, length)
 
