@@ -1,8 +1,9 @@
 """Band layouts, band split and mask estimation, batched over bands.
 
 A RoFormer cuts the spectrogram into bands of unequal width and gives every band its own
-RMSNorm + Linear (band split) and its own MLP (mask estimator). MSST runs these as a Python loop over
-~60 small matmuls. Here bands are grouped by (padded) width and each group is one batched matmul.
+RMSNorm + Linear (band split) and its own MLP (mask estimator). MSST runs these as a Python loop
+over ~60 small matmuls.
+Here bands are grouped by (padded) width and each group is one batched matmul.
 Zero padding leaves the results equal to the per-band layout: padded inputs are zero and padded
 outputs are dropped. The parameters keep MSST's per-band names
 (`band_split.to_features.{k}.{0,1}`, `mask_estimators.{s}.to_freqs.{k}.0.{i}`), so checkpoints
@@ -67,7 +68,7 @@ def mel_band_matrix(sample_rate: int, n_fft: int, num_bands: int) -> np.ndarray:
 
 
 def band_feature_index(bins_per_band: Sequence[Sequence[int]], channels: int) -> list[Tensor]:
-    """For each band, the positions of its features in a spectrum flattened as (bin, channel, re/im).
+    """For each band, its feature positions in a spectrum flattened as (bin, channel, re/im).
 
     This is MSST's layout: `b s f t c -> b t (f s c)` (frequency major, then channel, then complex).
     """

@@ -1,7 +1,8 @@
 """Transformer blocks shared by BS-RoFormer and Mel-Band RoFormer.
 
 Parameter names and shapes follow the checkpoint layout of ZFTurbo's
-Music-Source-Separation-Training (MSST, `models/bs_roformer/bs_roformer.py`), so community checkpoints load with `strict=True`:
+Music-Source-Separation-Training (MSST, `models/bs_roformer/bs_roformer.py`), so community
+checkpoints load with `strict=True`:
 
     Attention:        norm.gamma, to_qkv.weight, to_gates.{weight,bias}, to_out.0.weight,
                       rotary_embed.freqs (shared by every layer of one axis)
