@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,7 +35,7 @@ def convert_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="MSST checkpoint (.ckpt/.pth/.pt/.safetensors)")],
     config: Annotated[Path, typer.Option("--config", "-c", help="MSST YAML config")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output .safetensors path")],
-    name: Annotated[Optional[str], typer.Option(help="model name written in the card")] = None,
+    name: Annotated[str | None, typer.Option(help="model name written in the card")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
 ) -> None:
     """Convert an MSST checkpoint to safetensors plus a YAML model card (after a strict load)."""

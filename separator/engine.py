@@ -49,8 +49,9 @@ class SeparationModel(Protocol):
 
 def check_model(model: nn.Module) -> None:
     """Raise `SeparatorError` if `model` lacks an attribute of the engine's protocol."""
-    missing = [a for a in ("sample_rate", "stems", "audio_channels", "chunk_size")
-               if not hasattr(model, a)]
+    missing = [
+        a for a in ("sample_rate", "stems", "audio_channels", "chunk_size") if not hasattr(model, a)
+    ]
     if missing:
         raise SeparatorError(
             f"model {type(model).__name__} lacks {', '.join(missing)}; the engine needs "
@@ -61,7 +62,9 @@ def check_model(model: nn.Module) -> None:
 def chunk_step(chunk_size: int, overlap: float) -> int:
     """Hop between chunk starts in samples: about `overlap` model evaluations per sample."""
     if not (isinstance(overlap, (int, float)) and math.isfinite(overlap) and overlap >= 1):
-        raise SeparatorError(f"overlap must be a number >= 1 (evaluations per sample), got {overlap}")
+        raise SeparatorError(
+            f"overlap must be a number >= 1 (evaluations per sample), got {overlap}"
+        )
     if chunk_size < 1:
         raise SeparatorError(f"chunk_size must be >= 1 sample, got {chunk_size}")
     return max(1, min(chunk_size, round(chunk_size / overlap)))
@@ -82,7 +85,7 @@ def make_window(chunk_size: int, step: int) -> Tensor:
         ramp = (torch.arange(fade, dtype=torch.float64) + 0.5) / fade
         ramp = torch.sin(ramp * (math.pi / 2)) ** 2
         window[:fade] = ramp
-        window[chunk_size - fade:] = ramp.flip(0)
+        window[chunk_size - fade :] = ramp.flip(0)
     return window.float()
 
 
@@ -181,7 +184,7 @@ class StreamingEngine:
             if rel + self.chunk > self._in.shape[1] or (final and start > last_start):
                 break
             self._pending.append(start)
-            self._pending_data.append(self._in[:, rel:rel + self.chunk])
+            self._pending_data.append(self._in[:, rel : rel + self.chunk])
             start += self.step
             if len(self._pending) == self.batch_size:
                 outs.append(self._run_batch())
@@ -189,8 +192,9 @@ class StreamingEngine:
             outs.append(self._run_batch())
         if final:
             outs.append(self._emit(self._pad_end()))
-        return torch.cat(outs, dim=-1) if outs else self._acc.new_zeros(
-            self.n_stems, self.channels, 0)
+        return (
+            torch.cat(outs, dim=-1) if outs else self._acc.new_zeros(self.n_stems, self.channels, 0)
+        )
 
     def _pad_end(self) -> int:
         return self.pad_left + self._real_len
@@ -202,7 +206,7 @@ class StreamingEngine:
         self._pending, self._pending_data = [], []
         # Drop input no later chunk needs: everything before the next chunk's start.
         next_start = starts[-1] + self.step
-        self._in = self._in[:, next_start - self._in_pos:]
+        self._in = self._in[:, next_start - self._in_pos :]
         self._in_pos = next_start
         with torch.inference_mode(), self._autocast():
             y = self.model(batch)
@@ -215,7 +219,7 @@ class StreamingEngine:
         self.evaluations += len(starts)
         for start, chunk_out in zip(starts, y):
             off = start - self._acc_pos
-            self._acc[..., off:off + self.chunk] += chunk_out
+            self._acc[..., off : off + self.chunk] += chunk_out
         out = self._emit(min(next_start, self._pad_end()))
         self._slide(next_start)
         return out
@@ -223,7 +227,7 @@ class StreamingEngine:
     def _emit(self, upto: int) -> Tensor:
         """Return the normalised samples in [emitted, upto): (stems, channels, m)."""
         lo, hi = self._emitted, max(upto, self._emitted)
-        out = self._acc[..., lo - self._acc_pos:hi - self._acc_pos]
+        out = self._acc[..., lo - self._acc_pos : hi - self._acc_pos]
         out = out / self._norm[torch.arange(lo, hi) % self.step]
         self._emitted = hi
         return out
@@ -264,6 +268,36 @@ def separate_tensor(
     """
     if mix.dim() != 2:
         raise SeparatorError(f"expected a (channels, time) tensor, got shape {tuple(mix.shape)}")
-    engine = StreamingEngine(model, overlap=overlap, batch_size=batch_size,
-                             chunk_size=chunk_size, autocast_dtype=autocast_dtype)
+    engine = StreamingEngine(
+        model,
+        overlap=overlap,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        autocast_dtype=autocast_dtype,
+    )
     return torch.cat([engine.push(mix), engine.flush()], dim=-1)
+
+
+class TTAModel(nn.Module):
+    """Test-time augmentation around any protocol model, as MSST's `--use_tta` does.
+
+    Runs the input as is, with left/right swapped (stereo models only) and with its polarity
+    inverted, undoes each augmentation on the output and averages: 3 (or 2) evaluations per chunk,
+    all in one batch. (B, C, T) -> (B, S, C, T); exposes the wrapped model's protocol attributes.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        check_model(model)
+        self.model = model
+        self.sample_rate, self.stems = model.sample_rate, tuple(model.stems)
+        self.audio_channels, self.chunk_size = model.audio_channels, model.chunk_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        swap = self.audio_channels == 2
+        views = [x, -x] + ([x.flip(1)] if swap else [])
+        y = self.model(torch.cat(views, dim=0)).chunk(len(views), dim=0)
+        total = y[0] - y[1]
+        if swap:
+            total = total + y[2].flip(2)  # (B, S, C, T): channels are dim 2
+        return total / len(views)

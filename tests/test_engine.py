@@ -50,7 +50,7 @@ def test_streaming_equals_whole_bit_for_bit(length, blocks, overlap, batch):
     outs, pos, i = [], 0, 0
     while pos < length:
         n = blocks[i % len(blocks)]
-        outs.append(engine.push(x[:, pos:pos + n]))
+        outs.append(engine.push(x[:, pos : pos + n]))
         pos, i = pos + n, i + 1
     outs.append(engine.flush())
     streamed = torch.cat(outs, dim=-1)
@@ -143,3 +143,22 @@ def test_runs_in_inference_mode_without_grad():
 
     separate_tensor(Spy(), torch.randn(2, 50))
     assert seen["inference"] is True
+
+
+def test_tta_of_an_equivariant_model_is_the_model():
+    from separator.engine import TTAModel
+
+    model = GainModel(chunk_size=100)
+    x = torch.randn(2, 1234)
+    plain = separate_tensor(model, x)
+    tta = separate_tensor(TTAModel(model), x)
+    assert torch.allclose(tta, plain, atol=1e-6)
+    seen = []
+
+    class Count(GainModel):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    separate_tensor(TTAModel(Count(chunk_size=100)), x, batch_size=2)
+    assert seen[0] == 6  # batch of 2 chunks x 3 passes

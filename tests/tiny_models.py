@@ -17,10 +17,21 @@ GAINS = (0.5, 0.25, 0.125, 0.125)  # sum to 1: the stems add up to the mixture
 class GainModel(nn.Module):
     """Stem s = gains[s] * input: (B, C, T) -> (B, S, C, T). Gains of 1 make it an identity."""
 
-    def __init__(self, *, sample_rate: int = 8000, chunk_size: int = 1000, audio_channels: int = 2,
-                 stems: tuple[str, ...] = STEMS, gains: tuple[float, ...] = GAINS) -> None:
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 8000,
+        chunk_size: int = 1000,
+        audio_channels: int = 2,
+        stems: tuple[str, ...] = STEMS,
+        gains: tuple[float, ...] = GAINS,
+    ) -> None:
         super().__init__()
-        self.sample_rate, self.chunk_size, self.audio_channels = sample_rate, chunk_size, audio_channels
+        self.sample_rate, self.chunk_size, self.audio_channels = (
+            sample_rate,
+            chunk_size,
+            audio_channels,
+        )
         self.stems = tuple(stems)
         self.register_buffer("gains", torch.tensor(gains, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -31,10 +42,20 @@ class GainModel(nn.Module):
 class ConvModel(nn.Module):
     """Random per-stem filters: output depends on context, so chunking errors show up."""
 
-    def __init__(self, *, sample_rate: int = 8000, chunk_size: int = 1000, audio_channels: int = 2,
-                 stems: tuple[str, ...] = STEMS) -> None:
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 8000,
+        chunk_size: int = 1000,
+        audio_channels: int = 2,
+        stems: tuple[str, ...] = STEMS,
+    ) -> None:
         super().__init__()
-        self.sample_rate, self.chunk_size, self.audio_channels = sample_rate, chunk_size, audio_channels
+        self.sample_rate, self.chunk_size, self.audio_channels = (
+            sample_rate,
+            chunk_size,
+            audio_channels,
+        )
         self.stems = tuple(stems)
         torch.manual_seed(0)
         c, s = audio_channels, len(stems)
@@ -46,8 +67,9 @@ class ConvModel(nn.Module):
 
 
 def identity_model(chunk_size: int, channels: int = 2) -> GainModel:
-    return GainModel(chunk_size=chunk_size, audio_channels=channels, stems=("a", "b"),
-                     gains=(1.0, 1.0))
+    return GainModel(
+        chunk_size=chunk_size, audio_channels=channels, stems=("a", "b"), gains=(1.0, 1.0)
+    )
 
 
 def noise(channels: int, frames: int, seed: int = 0, scale: float = 0.3) -> np.ndarray:
