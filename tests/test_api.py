@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny_models import ConvModel, GainModel, noise, write_wav
 
 from separator.api import Separator, load_pretrained, output_paths
 from separator.engine import separate_tensor
 from separator.errors import SeparatorError
-from tests.tiny_models import ConvModel, GainModel, noise, write_wav
 
 
 def sine(frames: int, rate: int, channels: int = 2) -> np.ndarray:

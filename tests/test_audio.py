@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+from tiny_models import noise, write_wav
 
 from separator.audio import Resampler, StemWriter, open_audio, output_subtype, resample
 from separator.errors import SeparatorError
-from tests.tiny_models import noise, write_wav
 
 
 def test_blocks_roundtrip(tmp_path):

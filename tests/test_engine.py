@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import ConvModel, GainModel, identity_model
 
 from separator.engine import (
     StreamingEngine,
@@ -16,7 +17,6 @@ from separator.engine import (
     window_norm,
 )
 from separator.errors import SeparatorError
-from tests.tiny_models import ConvModel, GainModel, identity_model
 
 
 @settings(max_examples=150, deadline=None)
