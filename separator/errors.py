@@ -6,3 +6,11 @@ class SeparatorError(Exception):
 
     The CLI prints it as one line and exits with code 2, without a traceback.
     """
+
+
+class ConfigError(SeparatorError, ValueError):
+    """A model or recipe configuration is invalid (unknown key, bad value, inconsistent fields)."""
+
+
+class CheckpointError(SeparatorError):
+    """A checkpoint cannot be read, is unsafe, or does not fit the model config."""

@@ -1,0 +1,216 @@
+"""Transformer blocks shared by BS-RoFormer and Mel-Band RoFormer.
+
+Parameter names and shapes follow the checkpoint layout of ZFTurbo's Music-Source-Separation-Training
+(MSST, `models/bs_roformer/bs_roformer.py`), so community checkpoints load with `strict=True`:
+
+    Attention:        norm.gamma, to_qkv.weight, to_gates.{weight,bias}, to_out.0.weight,
+                      rotary_embed.freqs (shared by every layer of one axis)
+    FeedForward:      net.0.gamma, net.1.{weight,bias}, net.4.{weight,bias}
+    LinearAttention:  norm.gamma, to_qkv.0.weight, temperature, to_out.1.weight
+    Transformer:      layers.{i}.0 (attention), layers.{i}.1 (feed-forward), norm.gamma (optional)
+
+The computation is the same as MSST's, written for speed: a fused RMSNorm, rotary embeddings applied
+as one complex multiplication with angles computed once per forward, and
+`scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# F.normalize clamps the norm at 1e-12; an RMS epsilon of (1e-12)^2 / dim gives the same result for
+# every vector whose norm is not vanishingly small, and zero (not NaN) for an all-zero vector.
+_NORM_EPS = 1e-24
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * gamma over the last axis, i.e. MSST's `F.normalize(x) * sqrt(dim) * gamma`."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (self.dim,), self.gamma, eps=_NORM_EPS / self.dim)
+
+
+class _Identity(nn.Module):
+    """Stand-in for a missing output norm (no parameters, like nn.Identity)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class RotaryEmbedding(nn.Module):
+    """Holds the rotary frequencies (`freqs`, dim_head // 2 values) of one attention axis.
+
+    The checkpoint stores `freqs`; MSST applies whatever values it holds (they need not be the
+    standard 1/10000^(2k/d)), so we do the same. Pairs of adjacent features (2k, 2k+1) are rotated
+    by the angle position * freqs[k], as rotary-embedding-torch does.
+    """
+
+    def __init__(self, dim_head: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        freqs = 1.0 / theta ** (torch.arange(0, dim_head, 2).float() / dim_head)
+        # A frozen parameter (not a buffer) because that is where checkpoints keep it.
+        self.freqs = nn.Parameter(freqs, requires_grad=False)
+
+    def rotation(self, seq_len: int) -> Tensor:
+        """Unit complex numbers exp(i·pos·freq) of shape (seq_len, dim_head // 2), complex64."""
+        pos = torch.arange(seq_len, device=self.freqs.device, dtype=torch.float32)
+        angles = torch.outer(pos, self.freqs.float())
+        return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rotary(qk: Tensor, rotation: Tensor) -> Tensor:
+    """Rotate queries and keys together.
+
+    qk: (batch, seq, 2, heads, dim_head) real; rotation: (seq, dim_head // 2) complex.
+    Returns a tensor of the same shape, float32 (rotation is done in float32 like MSST's).
+    """
+    shape = qk.shape
+    pairs = qk.float().reshape(*shape[:-1], shape[-1] // 2, 2)
+    rotated = torch.view_as_complex(pairs) * rotation[:, None, None, :]
+    return torch.view_as_real(rotated).reshape(shape)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with rotary positions and per-head sigmoid output gates."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        dropout: float = 0.0,
+        rotary_embed: RotaryEmbedding | None = None,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.dropout = dropout
+        inner = heads * dim_head
+        self.rotary_embed = rotary_embed
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_gates = nn.Linear(dim, heads)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
+        """x: (batch, seq, dim) -> (batch, seq, dim); rotation from `RotaryEmbedding.rotation`."""
+        b, n, _ = x.shape
+        h, d = self.heads, self.dim_head
+        x = self.norm(x)
+        qkv = F.linear(x, self.to_qkv.weight).view(b, n, 3, h, d)
+        if rotation is not None:
+            qk = apply_rotary(qkv[:, :, :2], rotation).to(qkv.dtype)
+            q, k = qk.unbind(2)
+        else:
+            q, k = qkv[:, :, 0], qkv[:, :, 1]
+        v = qkv[:, :, 2]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        gates = torch.sigmoid(self.to_gates(x))  # (b, n, h)
+        out = out.transpose(1, 2) * gates.unsqueeze(-1)  # (b, n, h, d), contiguous
+        return self.to_out(out.reshape(b, n, h * d))
+
+
+class LinearAttention(nn.Module):
+    """Cross-covariance ("linear") attention over the feature axis (El-Nouby et al. 2021, XCiT).
+
+    Same layout as MSST's `LinearAttention`: l2-normalised queries and keys along the sequence,
+    scaled by exp(temperature), softmax with scale 8 over dim_head × dim_head.
+    """
+
+    def __init__(self, dim: int, *, heads: int, dim_head: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.dropout = dropout
+        inner = heads * dim_head
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Sequential(nn.Linear(dim, inner * 3, bias=False))
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.to_out = nn.Sequential(nn.Identity(), nn.Linear(inner, dim, bias=False))
+
+    def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
+        b, n, _ = x.shape
+        h, d = self.heads, self.dim_head
+        qkv = self.to_qkv(self.norm(x)).view(b, n, 3, h, d).permute(2, 0, 3, 4, 1)  # 3 b h d n
+        q, k, v = qkv.unbind(0)
+        q = F.normalize(q, dim=-1) * self.temperature.exp()
+        k = F.normalize(k, dim=-1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, scale=8.0
+        )
+        return self.to_out(out.permute(0, 3, 1, 2).reshape(b, n, h * d))
+
+
+class FeedForward(nn.Module):
+    """RMSNorm → Linear(dim, mult·dim) → GELU → Linear(mult·dim, dim), MSST's `net.{0,1,4}`."""
+
+    def __init__(self, dim: int, *, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        inner = int(dim * mult)
+        self.net = nn.Sequential(
+            RMSNorm(dim),
+            nn.Linear(dim, inner),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(inner, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Transformer(nn.Module):
+    """Pre-norm residual stack of (attention, feed-forward) pairs, with an optional output norm."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        depth: int,
+        heads: int,
+        dim_head: int,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        norm_output: bool = True,
+        rotary_embed: RotaryEmbedding | None = None,
+        linear_attn: bool = False,
+    ) -> None:
+        super().__init__()
+        layers = []
+        for _ in range(depth):
+            if linear_attn:
+                attn: nn.Module = LinearAttention(
+                    dim, heads=heads, dim_head=dim_head, dropout=attn_dropout
+                )
+            else:
+                attn = Attention(
+                    dim,
+                    heads=heads,
+                    dim_head=dim_head,
+                    dropout=attn_dropout,
+                    rotary_embed=rotary_embed,
+                )
+            layers.append(nn.ModuleList([attn, FeedForward(dim, dropout=ff_dropout)]))
+        self.layers = nn.ModuleList(layers)
+        self.norm = RMSNorm(dim) if norm_output else _Identity()
+
+    def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
+        """x: (batch, seq, dim) -> (batch, seq, dim)."""
+        for attn, ff in self.layers:
+            x = attn(x, rotation) + x
+            x = ff(x) + x
+        return self.norm(x)

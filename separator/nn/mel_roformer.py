@@ -1,0 +1,41 @@
+"""Mel-Band RoFormer (Wang et al., "Mel-Band RoFormer for Music Source Separation",
+arXiv 2310.01809). Overlapping bands on the mel scale; overlapping masks are averaged per bin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from separator.nn.bands import band_feature_index, mel_band_matrix
+from separator.nn.config import MelRoformerConfig
+from separator.nn.roformer import RoformerBase
+
+
+class MelBandRoformer(RoformerBase):
+    """Mel-Band RoFormer with MSST's parameter layout. Keyword arguments: an MSST `model:` section.
+
+    Unlike BS-RoFormer, every transformer has its own output norm and there is no final norm.
+    """
+
+    _extra_mask_layer = 1
+
+    def __init__(self, **model: Any) -> None:
+        config = MelRoformerConfig.from_dict(model)
+        cover = mel_band_matrix(config.sample_rate, config.stft_n_fft, config.num_bands)
+        bins = [row.nonzero()[0].tolist() for row in cover]
+        index = band_feature_index(bins, config.audio_channels)
+        widths = [len(i) for i in index]
+        super().__init__(config, widths, index, final_norm=False, sample_rate=config.sample_rate)
+        self.register_buffer("_feature_index", torch.cat(index), persistent=False)
+        # How many bands cover each feature: overlapping band masks are averaged.
+        count = torch.zeros(self.n_bins * config.audio_channels * 2)
+        count.index_add_(0, self._feature_index, torch.ones(len(self._feature_index)))
+        self.register_buffer("_band_count", count, persistent=False)
+
+    def _assemble_masks(self, masks: Tensor) -> Tensor:
+        rows, n, _ = masks.shape
+        full = masks.new_zeros(rows, n, self._band_count.numel())
+        full.index_add_(2, self._feature_index, masks)
+        return full / self._band_count

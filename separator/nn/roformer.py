@@ -1,0 +1,167 @@
+"""The part BS-RoFormer and Mel-Band RoFormer share: STFT, axial transformer trunk, masking, iSTFT.
+
+Axis legend used in shapes:
+    b batch, s audio channel, n stem, f STFT bin, t STFT frame, k band, d feature, c real/imag.
+
+Subclasses define the band layout: which spectrum features feed each band (`feature_index`) and
+how the per-band mask features are put back onto the spectrum (`_assemble_masks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from separator.nn.bands import BandSplit, MaskEstimator, stft_bins
+from separator.nn.config import RoformerConfig
+from separator.nn.layers import RMSNorm, RotaryEmbedding, Transformer
+
+
+class RoformerBase(nn.Module):
+    """Complex-mask band RoFormer. forward: (b, s, time) -> (b, n, s, time), same time length.
+
+    Besides the MSST parameters, a model carries what the inference engine needs:
+    `sample_rate`, `stems`, `audio_channels` and `chunk_size` (samples). The loader sets them from
+    the YAML's `audio:` and `training:` sections; `set_io` changes them.
+    """
+
+    config: RoformerConfig
+    # Estimators of Mel: depth hidden layers; of BS: depth - 1 (MSST's two `MLP` functions differ).
+    _extra_mask_layer: int = 0
+
+    def __init__(
+        self,
+        config: RoformerConfig,
+        band_widths: Sequence[int],
+        feature_index: Sequence[Tensor] | None,
+        *,
+        final_norm: bool,
+        sample_rate: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.audio_channels = c.audio_channels
+        self.n_bins = stft_bins(c.stft_n_fft)
+        tkw = dict(dim=c.dim, heads=c.heads, dim_head=c.dim_head, attn_dropout=c.attn_dropout,
+                   ff_dropout=c.ff_dropout, norm_output=not final_norm)
+        # One rotary embedding per axis, shared by every layer of that axis (as in MSST).
+        time_rotary, freq_rotary = RotaryEmbedding(c.dim_head), RotaryEmbedding(c.dim_head)
+        self._rotary = (time_rotary, freq_rotary)  # a tuple: not registered twice in state_dict
+        layers = []
+        for _ in range(c.depth):
+            block = []
+            if c.linear_transformer_depth > 0:
+                block.append(Transformer(depth=c.linear_transformer_depth, linear_attn=True, **tkw))
+            block.append(Transformer(depth=c.time_transformer_depth, rotary_embed=time_rotary, **tkw))
+            block.append(Transformer(depth=c.freq_transformer_depth, rotary_embed=freq_rotary, **tkw))
+            layers.append(nn.ModuleList(block))
+        self.layers = nn.ModuleList(layers)
+        if final_norm:
+            self.final_norm = RMSNorm(c.dim)
+        self.band_split = BandSplit(c.dim, band_widths, feature_index)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(c.dim, band_widths, c.mask_estimator_depth + self._extra_mask_layer,
+                          c.mlp_expansion_factor)
+            for _ in range(c.num_stems)
+        )
+        self.register_buffer("stft_window", torch.hann_window(c.stft_win_length), persistent=False)
+        self.set_io(sample_rate=sample_rate, stems=None, chunk_size=None)
+
+    # --- what the engine reads --------------------------------------------------------------
+    def set_io(
+        self, *, sample_rate: int, stems: Sequence[str] | None, chunk_size: int | None
+    ) -> None:
+        """Set the attributes of the engine protocol (rate in Hz, stem names, chunk in samples)."""
+        n = self.config.num_stems
+        stems = tuple(stems) if stems is not None else tuple(f"stem{i}" for i in range(n))
+        if len(stems) != n:
+            raise ValueError(f"{len(stems)} stem names given for a model with num_stems={n}")
+        self.sample_rate = int(sample_rate)
+        self.stems = stems
+        self.chunk_size = int(chunk_size) if chunk_size else 8 * self.sample_rate
+
+    # --- forward --------------------------------------------------------------------------
+    def forward(self, audio: Tensor) -> Tensor:
+        """audio: (b, s, time) float -> (b, n, s, time); (b, time) is taken as mono."""
+        if audio.dim() == 2:
+            audio = audio.unsqueeze(1)
+        b, s, length = audio.shape
+        if s != self.audio_channels:
+            raise ValueError(f"model expects {self.audio_channels} channel(s), got {s}")
+        spec = self._stft(audio)  # (b, s, f, t) complex64
+        t = spec.shape[-1]
+        # (b, s, f, t, c) -> (b, t, f·s·c): MSST's `b s f t c -> b t (f s c)` feature order.
+        feats = torch.view_as_real(spec).permute(0, 3, 2, 1, 4).reshape(b, t, -1)
+        x = self.band_split(feats)  # (b, t, k, d)
+        x = self._trunk(x)
+        if hasattr(self, "final_norm"):
+            x = self.final_norm(x)
+        k, d = x.shape[2], x.shape[3]
+        xb = x.permute(2, 0, 1, 3).reshape(k, b * t, d)  # band-major rows for the estimators
+        masks = torch.stack([est(xb) for est in self.mask_estimators], dim=1)  # (b·t, n, feat)
+        masks = self._assemble_masks(masks.float()).view(b, t, -1, self.n_bins, s, 2)
+        return self._istft(spec, masks, length)
+
+    def _trunk(self, x: Tensor) -> Tensor:
+        """Axial attention: each block runs over time (per band), then over bands (per frame)."""
+        b, t, k, d = x.shape
+        rot_t = self._rotary[0].rotation(t).to(x.device)
+        rot_f = self._rotary[1].rotation(k).to(x.device)
+        store: list[Tensor] = []
+        for block in self.layers:
+            if len(block) == 3:
+                x = self._run(block[0], x.reshape(b, t * k, d), None).view(b, t, k, d)
+            time_t, freq_t = block[-2], block[-1]
+            if self.config.skip_connection:
+                for prev in store:
+                    x = x + prev
+            x = x.transpose(1, 2).reshape(b * k, t, d)
+            x = self._run(time_t, x, rot_t)
+            x = x.view(b, k, t, d).transpose(1, 2).reshape(b * t, k, d)
+            x = self._run(freq_t, x, rot_f).view(b, t, k, d)
+            if self.config.skip_connection:
+                store.append(x)
+        return x
+
+    def _run(self, transformer: nn.Module, x: Tensor, rotation: Tensor | None) -> Tensor:
+        if self.config.use_torch_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(transformer, x, rotation, use_reentrant=False)
+        return transformer(x, rotation)
+
+    def _stft(self, audio: Tensor) -> Tensor:
+        """(b, s, time) -> (b, s, f, t) complex, always in float32 (also under autocast)."""
+        c = self.config
+        b, s, length = audio.shape
+        with torch.autocast(audio.device.type, enabled=False):
+            spec = torch.stft(
+                audio.reshape(b * s, length).float(), n_fft=c.stft_n_fft,
+                hop_length=c.stft_hop_length, win_length=c.stft_win_length,
+                window=self.stft_window.float(), normalized=c.stft_normalized,
+                return_complex=True,
+            )
+        return spec.view(b, s, *spec.shape[-2:])
+
+    def _istft(self, spec: Tensor, masks: Tensor, length: int) -> Tensor:
+        """Apply complex masks (b, t, n, f, s, c) to spec (b, s, f, t); iSTFT to (b, n, s, time)."""
+        c = self.config
+        b, s, f, t = spec.shape
+        n = masks.shape[2]
+        with torch.autocast(spec.device.type, enabled=False):
+            m = torch.view_as_complex(masks.float())  # (b, t, n, f, s)
+            out = m.permute(0, 2, 4, 3, 1) * spec.unsqueeze(1)  # (b, n, s, f, t)
+            if c.zero_dc:
+                out[:, :, :, 0] = 0
+            wav = torch.istft(
+                out.reshape(b * n * s, f, t), n_fft=c.stft_n_fft, hop_length=c.stft_hop_length,
+                win_length=c.stft_win_length, window=self.stft_window.float(),
+                normalized=c.stft_normalized, length=length,
+            )
+        return wav.view(b, n, s, length)
+
+    def _assemble_masks(self, masks: Tensor) -> Tensor:
+        """(rows, n, band features) -> (rows, n, f·s·c) on the full spectrum."""
+        raise NotImplementedError
