@@ -310,7 +310,9 @@ def load_pretrained(name_or_path: str | os.PathLike,
     except ImportError:
         raise SeparatorError("model loading (separator.checkpoints) is not installed") from None
     if target.suffix in YAML_SUFFIXES:
-        return load_model(target, config) if config is not None else load_model(target)
+        if config is not None:
+            raise SeparatorError(f"{target}: a .yaml model is its own config; drop --config")
+        return load_model(target)
     if config is None:
         raise SeparatorError(f"{target}: a checkpoint needs its YAML config; pass --config")
     if not Path(config).exists():
