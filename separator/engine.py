@@ -136,17 +136,22 @@ class StreamingEngine:
         self.autocast_dtype = autocast_dtype
         self.window = make_window(self.chunk, self.step)  # read-only from here on
         self._norm = window_norm(self.window, self.step)
-        self._window_dev = self.window.to(self.device)
         self.pad_left = self.chunk - self.step
-        # Input not yet consumed by a chunk, starting at padded position `_in_pos`.
-        self._in = torch.zeros(self.channels, self.pad_left)
-        self._in_pos = 0
-        self._pending: list[int] = []  # chunk starts waiting for a full batch
-        self._pending_data: list[Tensor] = []
-        # Accumulator from padded position `_acc_pos`, reused for the whole stream.
+        # Buffers are allocated once and reused: fresh large tensors per block cost page faults
+        # that took more time than a small model. Input not yet consumed by a chunk is
+        # `_in[:, _in_off:_in_off + _in_len]`, starting at padded position `_in_pos`; it begins
+        # with the left pad (zeros).
+        self._in = torch.zeros(self.channels, 4 * self.chunk)
+        self._in_off, self._in_len, self._in_pos = 0, self.pad_left, 0
+        self._pending = 0  # complete chunks waiting for a full batch
+        self._batch = torch.empty(batch_size, self.channels, self.chunk)
+        # Accumulator from padded position `_acc_pos`, and a spare to slide into.
         acc_len = self.chunk + (batch_size - 1) * self.step
         self._acc = torch.zeros(self.n_stems, self.channels, acc_len)
+        self._acc_spare = torch.zeros_like(self._acc)
         self._acc_pos = 0
+        # Summed window, tiled so that the normaliser of [lo, hi) is one slice.
+        self._norm_tile = self._norm.repeat(acc_len // self.step + 2)
         self._emitted = self.pad_left  # padded position of the next sample to return
         self._real_len = 0
         self._done = False
@@ -159,7 +164,7 @@ class StreamingEngine:
         if block.dim() != 2 or block.shape[0] != self.channels:
             raise ValueError(f"expected ({self.channels}, n) samples, got {tuple(block.shape)}")
         self._real_len += block.shape[1]
-        self._in = torch.cat([self._in, block.detach().to("cpu", torch.float32)], dim=1)
+        self._append(block.detach())
         return self._take_chunks(final=False)
 
     def flush(self) -> Tensor:
@@ -170,56 +175,74 @@ class StreamingEngine:
         last_start = self.step * ((self.pad_left + self._real_len - 1) // self.step)
         if self._real_len == 0:
             last_start = -1  # nothing to separate
-        end = max(last_start + self.chunk, self._in_pos)
-        tail = end - (self._in_pos + self._in.shape[1])
-        if tail > 0:
-            self._in = torch.cat([self._in, self._in.new_zeros(self.channels, tail)], dim=1)
+        tail = last_start + self.chunk - (self._in_pos + self._in_len)
+        if tail > 0:  # right pad so that the last chunk is whole
+            self._append(torch.zeros(self.channels, tail))
         return self._take_chunks(final=True, last_start=last_start)
+
+    def _append(self, block: Tensor) -> None:
+        """Copy (channels, n) samples after the unconsumed input, compacting or growing."""
+        n, have = block.shape[1], self._in_len
+        if self._in_off + have + n > self._in.shape[1]:
+            valid = self._in[:, self._in_off : self._in_off + have]
+            if have + n > self._in.shape[1] // 2:
+                grown = torch.zeros(self.channels, have + n + 2 * self.chunk)
+                grown[:, :have] = valid
+                self._in = grown
+            elif self._in_off >= have:  # source and destination do not overlap
+                self._in[:, :have] = valid
+            else:
+                self._in[:, :have] = valid.clone()
+            self._in_off = 0
+        end = self._in_off + have
+        self._in[:, end : end + n] = block
+        self._in_len += n
 
     def _take_chunks(self, *, final: bool, last_start: int = -1) -> Tensor:
         outs = []
-        start = self._in_pos + len(self._pending) * self.step
         while True:
-            rel = start - self._in_pos
-            if rel + self.chunk > self._in.shape[1] or (final and start > last_start):
+            rel = self._pending * self.step
+            start = self._in_pos + rel
+            if rel + self.chunk > self._in_len or (final and start > last_start):
                 break
-            self._pending.append(start)
-            self._pending_data.append(self._in[:, rel : rel + self.chunk])
-            start += self.step
-            if len(self._pending) == self.batch_size:
+            self._pending += 1
+            if self._pending == self.batch_size:
                 outs.append(self._run_batch())
         if final and self._pending:
             outs.append(self._run_batch())
         if final:
             outs.append(self._emit(self._pad_end()))
-        return (
-            torch.cat(outs, dim=-1) if outs else self._acc.new_zeros(self.n_stems, self.channels, 0)
-        )
+        if not outs:
+            return self._acc.new_zeros(self.n_stems, self.channels, 0)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def _pad_end(self) -> int:
         return self.pad_left + self._real_len
 
     def _run_batch(self) -> Tensor:
         """Run the pending chunks as one batch, add them up, return the finished samples."""
-        starts, data = self._pending, self._pending_data
-        batch = torch.stack(data).to(self.device, non_blocking=True)
-        self._pending, self._pending_data = [], []
+        n, first = self._pending, self._in_pos
+        for k in range(n):
+            lo = self._in_off + k * self.step
+            self._batch[k] = self._in[:, lo : lo + self.chunk]
+        batch = self._batch[:n].to(self.device, non_blocking=True)
         # Drop input no later chunk needs: everything before the next chunk's start.
-        next_start = starts[-1] + self.step
-        self._in = self._in[:, next_start - self._in_pos :]
-        self._in_pos = next_start
+        self._pending = 0
+        self._in_off += n * self.step
+        self._in_len -= n * self.step
+        self._in_pos = next_start = first + n * self.step
         with torch.inference_mode(), self._autocast():
             y = self.model(batch)
-        if y.shape != (len(starts), self.n_stems, self.channels, self.chunk):
+        if y.shape != (n, self.n_stems, self.channels, self.chunk):
             raise SeparatorError(
                 f"model returned shape {tuple(y.shape)}, expected "
-                f"{(len(starts), self.n_stems, self.channels, self.chunk)}"
+                f"{(n, self.n_stems, self.channels, self.chunk)}"
             )
-        y = (y.float() * self._window_dev).to("cpu")
-        self.evaluations += len(starts)
-        for start, chunk_out in zip(starts, y):
-            off = start - self._acc_pos
-            self._acc[..., off : off + self.chunk] += chunk_out
+        y = y.to("cpu", torch.float32)
+        self.evaluations += n
+        for k in range(n):
+            off = first + k * self.step - self._acc_pos
+            self._acc[..., off : off + self.chunk].addcmul_(y[k], self.window)
         out = self._emit(min(next_start, self._pad_end()))
         self._slide(next_start)
         return out
@@ -227,17 +250,19 @@ class StreamingEngine:
     def _emit(self, upto: int) -> Tensor:
         """Return the normalised samples in [emitted, upto): (stems, channels, m)."""
         lo, hi = self._emitted, max(upto, self._emitted)
+        phase = lo % self.step
         out = self._acc[..., lo - self._acc_pos : hi - self._acc_pos]
-        out = out / self._norm[torch.arange(lo, hi) % self.step]
+        out = out / self._norm_tile[phase : phase + hi - lo]
         self._emitted = hi
         return out
 
     def _slide(self, new_pos: int) -> None:
-        """Move the accumulator's origin to `new_pos` (the next chunk start), reusing it."""
+        """Move the accumulator's origin to `new_pos` (the next chunk start)."""
         shift = new_pos - self._acc_pos
         keep = self._acc.shape[-1] - shift
-        self._acc[..., :keep] = self._acc[..., shift:].clone()
-        self._acc[..., keep:] = 0
+        self._acc_spare[..., :keep] = self._acc[..., shift:]
+        self._acc_spare[..., keep:] = 0
+        self._acc, self._acc_spare = self._acc_spare, self._acc
         self._acc_pos = new_pos
 
     def _autocast(self) -> contextlib.AbstractContextManager:
