@@ -122,8 +122,8 @@ def measure(mode: str, src: Path, out: Path) -> dict:
 def machine_info() -> str:
     cpu = platform.processor() or "?"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))  # fmt: skip
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return (f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} cores; python "
