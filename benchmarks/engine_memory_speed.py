@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, too
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RATE = 44100
 CHUNK = 8 * RATE  # the usual 8 s training segment
@@ -55,40 +56,12 @@ def run_ours(src: Path, out: Path) -> None:
     sep.separate_file(src, output_dir=out, bits=16, clip="clamp", force=True)
 
 
-def msst_window(chunk: int, fade: int, first: bool, last: bool) -> Tensor:
-    """MSST-style weights: flat, with linear fades of chunk // 10 except at the track's ends."""
-    w = torch.ones(chunk)
-    if not first:
-        w[:fade] = torch.linspace(0, 1, fade)
-    if not last:
-        w[-fade:] = torch.linspace(1, 0, fade)
-    return w
-
-
 def run_msst_style(src: Path, out: Path) -> None:
     """Whole-track loop as MSST's demix does: track, result and counter all in memory."""
-    model = StubModel().eval()
+    from msst_style import msst_demix
+
     mix, rate = sf.read(src, dtype="float32", always_2d=True)
-    x = torch.from_numpy(mix.T.copy())
-    step, border = CHUNK // OVERLAP, CHUNK - CHUNK // OVERLAP
-    length = x.shape[-1]
-    if length > 2 * border:
-        x = nn.functional.pad(x[None], (border, border), mode="reflect")[0]
-    result = torch.zeros(2, 2, x.shape[-1])
-    counter = torch.zeros(2, 2, x.shape[-1])
-    with torch.inference_mode():
-        for i in range(0, x.shape[-1], step):
-            part = x[:, i : i + CHUNK]
-            n = part.shape[-1]
-            if n < CHUNK:
-                part = nn.functional.pad(part, (0, CHUNK - n))
-            w = msst_window(CHUNK, CHUNK // 10, i == 0, i + step >= x.shape[-1])[:n]
-            y = model(part[None])[0, ..., :n]
-            result[..., i : i + n] += y * w
-            counter[..., i : i + n] += w
-    est = result / counter.clamp_min(1e-10)
-    if length > 2 * border:
-        est = est[..., border : border + length]
+    est, _ = msst_demix(StubModel().eval(), torch.from_numpy(mix.T.copy()), num_overlap=OVERLAP)
     (out / src.stem).mkdir(parents=True, exist_ok=True)
     for name, stem in zip(StubModel.stems, est.numpy()):
         sf.write(out / src.stem / f"{name}.wav", stem.T, rate, subtype="PCM_16")
