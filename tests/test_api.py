@@ -159,3 +159,19 @@ def test_bad_device_and_model_arguments(tmp_path):
         load_pretrained(tmp_path / "missing.ckpt")
     with pytest.raises(SeparatorError, match="lacks"):
         Separator(torch.nn.Linear(2, 2))
+
+
+def test_interrupt_mid_file_leaves_no_output(tmp_path):
+    calls = []
+
+    class Interrupted(GainModel):
+        def forward(self, x):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return super().forward(x)
+
+    path = write_wav(tmp_path / "a.wav", noise(2, 20_000), 8000)
+    with pytest.raises(KeyboardInterrupt):
+        Separator(Interrupted(), device="cpu").separate_file(path, output_dir=tmp_path / "o")
+    assert len(calls) == 3 and not (tmp_path / "o").exists()

@@ -70,7 +70,8 @@ def test_format_bits_filename_and_folder_input(tmp_path, fake_model):
     write_wav(folder / "b.wav", noise(1, 3000), RATE)
     (folder / "notes.txt").write_text("not audio")
     code = run(folder, "--model", "fake.yaml", "--stems", "drums", "-o", tmp_path / "o",
-               "--format", "flac", "--bits", "16", "--filename", "{stem}-{track}.{ext}", "-q")  # fmt: skip
+               "--format", "flac", "--bits", "16", "--filename", "{stem}-{track}.{ext}", "-q",
+               "--jobs", "2")  # fmt: skip
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["drums-a.flac", "drums-b.flac"]
     info = sf.info(tmp_path / "o" / "drums-b.flac")
