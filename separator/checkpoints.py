@@ -276,15 +276,21 @@ def _mismatch_message(expected, sd, missing, unexpected, wrong, source, config) 
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
     fields: list[str] = []
+    count = {
+        name: [len({k.split(".")[1] for k in keys if k.startswith(prefix)}) for keys in (sd, expected)]
+        for name, prefix in (("stems", "mask_estimators."), ("depth", "layers."))
+    }
+    if count["stems"][0] != count["stems"][1]:
+        fields.append("num_stems (training.instruments / target_instrument)")
+    if count["depth"][0] != count["depth"][1]:
+        fields.append("depth")
     for key in (wrong + missing + unexpected)[:20]:
         for pattern, hint in _HINTS:
             if re.search(pattern, key):
                 if hint not in fields:
                     fields.append(hint)
                 break
-    stems = {k.split(".")[1] for k in sd if k.startswith("mask_estimators.")}
-    depth = {k.split(".")[1] for k in sd if k.startswith("layers.")}
-    seen = f"; the checkpoint has {len(stems)} stem(s) and depth {len(depth)}" if stems else ""
+    seen = f"; the checkpoint has {count['stems'][0]} stem(s) and depth {count['depth'][0]}"
     cfg = f" with config {config}" if config else ""
     return (
         f"{source}: checkpoint does not fit the model{cfg}: {'; '.join(parts)}. "

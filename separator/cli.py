@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer import TyperException
 
 from separator.errors import SeparatorError
 
@@ -27,6 +28,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one error line (no traceback) and return the Exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+@app.callback()
+def _root() -> None:
+    """Music source separation toolkit (separate audio with the `separate` command)."""
 
 
 # --- separator convert (checkpoints) ---------------------------------------------------------
@@ -55,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(typer_app: typer.Typer, argv: list[str] | None) -> int:
     try:
-        # click returns (not raises) the code of a typer.Exit when standalone_mode is off
-        code = typer_app(args=argv, standalone_mode=False, prog_name=typer_app.info.name)
+        # Without standalone mode, click returns the code of a typer.Exit instead of raising.
+        rc = typer_app(args=argv, standalone_mode=False, prog_name=typer_app.info.name)
+        if isinstance(rc, int):
+            return rc
     except typer.Exit as e:
         return e.exit_code
     except SeparatorError as e:
@@ -65,20 +73,15 @@ def _run(typer_app: typer.Typer, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except Exception as e:  # click usage errors
-        try:  # typer >= 0.20 vendors its own copy of click
-            from typer import _click as click
-        except ImportError:
-            import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        abort = getattr(click, "Abort", None) or getattr(click.exceptions, "Abort", ())
-        if isinstance(e, abort):
-            return 1
-        raise
-    return code if isinstance(code, int) else 0
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except TyperException as e:  # usage errors (typer's own click): message and exit code 2
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        return int(getattr(e, "exit_code", 2))
+    return 0
 
 
 def console_main() -> None:  # pragma: no cover - thin wrapper for the console script
