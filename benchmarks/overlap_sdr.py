@@ -130,7 +130,11 @@ def main() -> None:
     print("\n| setting | mean SDR (dB) | Δ vs MSST num_overlap=4 | evaluations | time (s) |")
     print("|---|---|---|---|---|")
     for s in settings:
-        label = f"ours overlap {s[1]:g} (raised-cosine)" if s[0] == "ours" else f"MSST num_overlap={s[1]}"
+        label = (
+            f"ours overlap {s[1]:g} (raised-cosine)"
+            if s[0] == "ours"
+            else f"MSST num_overlap={s[1]}"
+        )
         mean, ref = statistics.mean(sdr[s]), statistics.mean(sdr[base])
         print(f"| {label} | {mean:.3f} | {mean - ref:+.3f} | {evals[s]} | {secs[s]:.1f} |")
 
