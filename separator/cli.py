@@ -88,3 +88,184 @@ def _run(typer_app: typer.Typer, argv: list[str] | None) -> int:
 
 def console_main() -> None:  # pragma: no cover - thin wrapper for the console script
     sys.exit(main())
+
+
+# --- separate ---------------------------------------------------------------------------------
+# `separate INPUT...`: the main job. Thin over `separator.api.Separator`; per-file errors are
+# reported as one line each, the other files still run, and the exit code is 2 if any failed.
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aif", ".aiff",
+                  ".mp4", ".wma", ".webm", ".mka", ".oga", ".wv"}  # fmt: skip
+
+separate_app = typer.Typer(
+    name="separate",
+    help="Separate songs into stems: separate song.wav --stems vocals,drums",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@separate_app.command()
+def separate_cmd(
+    inputs: Annotated[list[Path], typer.Argument(help="audio files or folders of audio files")],
+    stems: Annotated[str | None, typer.Option(
+        help="comma-separated stems; residuals: instrumental, no_<stem> [default: all]")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="model card / MSST config (.yaml), checkpoint, or folder")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="MSST YAML config for a checkpoint given with --model")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")] = Path("separated"),
+    filename: Annotated[str, typer.Option(
+        help="output path template: {track}, {stem}, {ext}")] = "{track}/{stem}.{ext}",
+    fmt: Annotated[str, typer.Option("--format", help="wav or flac")] = "wav",
+    bits: Annotated[int, typer.Option(help="16, 24 or 32 (32 = float, wav only)")] = 24,
+    clip: Annotated[str, typer.Option(help="rescale (if peak > 1), clamp or none")] = "rescale",
+    overlap: Annotated[float, typer.Option(help="model evaluations per sample (>= 1)")] = 2.0,
+    batch_size: Annotated[int, typer.Option(help="chunks per model call")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast")] = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="average channel-swap/polarity passes")] = False,
+    jobs: Annotated[int, typer.Option(help="files separated at the same time")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or summary")] = False,
+) -> None:
+    """Separate each INPUT into stems, streaming (memory does not grow with track length)."""
+    from separator.audio import output_subtype
+    from separator.stems import resolve_stems
+
+    if fmt not in ("wav", "flac"):
+        raise fail(f"unknown --format {fmt!r}; use wav or flac")
+    if clip not in ("rescale", "clamp", "none"):
+        raise fail(f"unknown --clip {clip!r}; use rescale, clamp or none")
+    if jobs < 1:
+        raise fail(f"--jobs must be >= 1, got {jobs}")
+    try:
+        output_subtype(fmt, bits)
+        sep = _load_separator(model, config, device=device, overlap=overlap,
+                              batch_size=batch_size, precision=precision, tta=tta, compile=compile)
+        resolve_stems(sep.stems, stems)
+    except SeparatorError as e:
+        raise fail(str(e)) from None
+    files, failures = _expand_inputs(inputs)
+    options = {"stems": stems, "output_dir": output, "filename": filename, "fmt": fmt,
+               "bits": bits, "clip": clip, "force": force}  # fmt: skip
+    failures += _separate_files(sep, files, options, jobs=jobs, quiet=quiet)
+    if failures:
+        raise typer.Exit(2)
+
+
+def _load_separator(model: str | None, config: Path | None, **kwargs):
+    from separator.api import Separator
+
+    if model is None and config is None:
+        raise SeparatorError("no model given: pass --model (a model card or MSST .yaml config, or "
+                             "a checkpoint with --config)")
+    if model is None:  # a config alone names the model (a card, or an MSST YAML)
+        return Separator.from_pretrained(config, **kwargs)
+    return Separator.from_pretrained(model, config=config, **kwargs)
+
+
+def _expand_inputs(inputs: list[Path]) -> tuple[list[Path], int]:
+    """Files as given, folders as their audio files (not recursive); missing paths fail."""
+    files, failures = [], 0
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                           and not p.name.startswith("."))  # fmt: skip
+            if not found:
+                typer.echo(f"error: {path}: folder holds no audio files", err=True)
+                failures += 1
+            files += found
+        elif not path.exists():
+            typer.echo(f"error: {path}: no such file", err=True)
+            failures += 1
+        else:
+            files.append(path)
+    return files, failures
+
+
+def _separate_files(sep, files: list[Path], options: dict, *, jobs: int, quiet: bool) -> int:
+    """Separate every file with a progress bar each; returns the number of failures."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True, quiet=quiet, highlight=False)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeRemainingColumn(), TextColumn("RTF {task.fields[rtf]}"))  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as bars:
+
+        def one(path: Path) -> bool:
+            task = bars.add_task(path.name, total=None, rtf="-")
+            start = time.perf_counter()
+
+            def progress(done: int, total: int | None, rate: int = 1) -> None:
+                elapsed = time.perf_counter() - start
+                bars.update(task, completed=done, total=total, rtf=_rtf(elapsed, done, rate))
+
+            try:
+                rate = _sample_rate(path)
+                written = sep.separate_file(path, progress=lambda d, t: progress(d, t, rate),
+                                            **options)  # fmt: skip
+            except SeparatorError as e:
+                bars.remove_task(task)
+                typer.echo(f"error: {e}", err=True)  # one plain line, even with --quiet
+                return False
+            bars.remove_task(task)
+            seconds = time.perf_counter() - start
+            stems = ", ".join(written)
+            folder = _common_folder(list(written.values()))
+            console.print(f"{path.name} → {folder}: {stems} ({seconds:.1f} s, "
+                          f"RTF {_rtf(seconds, _frames(path), rate)})", markup=False, soft_wrap=True)  # fmt: skip
+            return True
+
+        if jobs == 1:
+            results = [one(p) for p in files]
+        else:
+            with ThreadPoolExecutor(jobs) as pool:
+                results = list(pool.map(one, files))
+    return results.count(False)
+
+
+def _rtf(seconds: float, frames: int | None, rate: int) -> str:
+    """Real-time factor: processing seconds per second of audio (below 1 = faster than real time)."""
+    if not frames or rate <= 1:
+        return "-"
+    return f"{seconds / (frames / rate):.2f}"
+
+
+def _sample_rate(path: Path) -> int:
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).samplerate
+    except (sf.LibsndfileError, RuntimeError):  # not a soundfile format: the RTF shows "-"
+        return 1
+
+
+def _frames(path: Path) -> int | None:
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).frames
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    import os
+
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def separate_main(argv: list[str] | None = None) -> int:
+    """Entry point of `separate`; returns the exit code (for in-process tests)."""
+    return _run(separate_app, argv)
+
+
+def separate_console_main() -> None:  # pragma: no cover - thin wrapper for the console script
+    sys.exit(separate_main())

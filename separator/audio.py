@@ -1,0 +1,249 @@
+"""Audio in and out, in blocks: reading (soundfile, ffmpeg fallback), resampling, safe writing.
+
+Blocks are numpy float32 arrays shaped (frames, channels), the layout soundfile and soxr use;
+the engine's side converts them to (channels, frames) tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from separator.errors import SeparatorError
+
+BLOCK_FRAMES = 65536
+SOUNDFILE_FORMATS = "WAV, FLAC, OGG, MP3"
+OUTPUT_SUBTYPES = {
+    ("wav", 16): "PCM_16",
+    ("wav", 24): "PCM_24",
+    ("wav", 32): "FLOAT",
+    ("flac", 16): "PCM_16",
+    ("flac", 24): "PCM_24",
+}
+CLIP_MODES = ("rescale", "clamp", "none")
+
+
+@dataclass
+class AudioSource:
+    """An opened audio file: its format facts and a block iterator (see `blocks`)."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int | None  # None when the decoder cannot tell in advance (some ffmpeg inputs)
+    _sf: sf.SoundFile | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.frames is None else self.frames / self.sample_rate
+
+    def blocks(self, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        """Yield (n, channels) float32 blocks; raise `SeparatorError` on NaN/inf or no samples."""
+        raw = (
+            self._sf_blocks(block_frames)
+            if self._sf is not None
+            else _ffmpeg_blocks(self.path, self.channels, block_frames)
+        )
+        total = 0
+        for block in raw:
+            if not np.isfinite(block).all():
+                at = total + int(np.argwhere(~np.isfinite(block))[0, 0])
+                raise SeparatorError(
+                    f"{self.path}: contains NaN or infinite samples (first at {at / self.sample_rate:.3f} s)"
+                )
+            total += len(block)
+            yield block
+        if total == 0:
+            raise SeparatorError(f"{self.path}: zero-length audio (no samples to separate)")
+
+    def _sf_blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        assert self._sf is not None
+        with self._sf as f:
+            while True:
+                try:
+                    block = f.read(block_frames, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as e:
+                    raise SeparatorError(f"{self.path}: corrupt audio ({e})") from None
+                if len(block) == 0:
+                    return
+                yield block
+
+
+def open_audio(path: str | os.PathLike) -> AudioSource:
+    """Open `path` for block reading: soundfile first, then ffmpeg for other formats.
+
+    Raises `SeparatorError` for a missing file, a zero-length file, or audio neither can decode.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SeparatorError(f"{path}: no such file")
+    if path.is_dir():
+        raise SeparatorError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise SeparatorError(f"{path}: empty file (zero-length audio)")
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        return _open_with_ffmpeg(path, soundfile_error=str(e))
+    frames = f.frames if f.frames > 0 else None
+    if f.frames == 0:
+        f.close()
+        raise SeparatorError(f"{path}: zero-length audio (no samples to separate)")
+    return AudioSource(path, f.samplerate, f.channels, frames, f)
+
+
+def _open_with_ffmpeg(path: Path, soundfile_error: str) -> AudioSource:
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise SeparatorError(
+            f"{path}: cannot read this audio ({soundfile_error.strip()}); soundfile reads "
+            f"{SOUNDFILE_FORMATS}, install ffmpeg for other formats"
+        )
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+           "stream=sample_rate,channels,duration", "-of", "json", str(path)]  # fmt: skip
+    probe = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    streams = json.loads(probe.stdout or "{}").get("streams", []) if probe.returncode == 0 else []
+    if not streams:
+        raise SeparatorError(
+            f"{path}: unreadable or corrupt audio (neither soundfile nor ffmpeg can decode it)"
+        )
+    info = streams[0]
+    rate, channels = int(info["sample_rate"]), int(info["channels"])
+    duration = info.get("duration")
+    frames = round(float(duration) * rate) if duration not in (None, "N/A") else None
+    return AudioSource(path, rate, channels, frames)
+
+
+def _ffmpeg_blocks(path: Path, channels: int, block_frames: int) -> Iterator[np.ndarray]:
+    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0",
+           "-f", "f32le", "-acodec", "pcm_f32le", "-"]  # fmt: skip
+    # stderr goes to a file so that a chatty decoder cannot fill the pipe and stall us.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        bytes_per_block = block_frames * channels * 4
+        try:
+            while data := proc.stdout.read(bytes_per_block):
+                usable = len(data) - len(data) % (channels * 4)
+                yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
+        finally:
+            proc.stdout.close()
+            code = proc.wait() if proc.poll() is None else proc.returncode
+        if code != 0:
+            err.seek(0)
+            last = (err.read().decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            raise SeparatorError(f"{path}: unreadable or corrupt audio (ffmpeg: {last})")
+
+
+class Resampler:
+    """Streaming soxr resampler over (n, channels) float32 blocks; a no-op at equal rates."""
+
+    def __init__(self, in_rate: int, out_rate: int, channels: int) -> None:
+        self.passthrough = in_rate == out_rate
+        if not self.passthrough:
+            self._stream = soxr.ResampleStream(
+                in_rate, out_rate, channels, dtype="float32", quality="HQ"
+            )
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.passthrough:
+            return block
+        return self._stream.resample_chunk(np.ascontiguousarray(block), last=last)
+
+
+def resample(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
+    """Resample a whole (n, channels) array, the same way the streaming path does."""
+    r = Resampler(in_rate, out_rate, x.shape[1])
+    if r.passthrough:
+        return x
+    return np.concatenate([r(x), r(x[:0], last=True)])
+
+
+def output_subtype(fmt: str, bits: int) -> str:
+    """soundfile subtype for an output format and bit depth; `SeparatorError` if unsupported."""
+    try:
+        return OUTPUT_SUBTYPES[(fmt, bits)]
+    except KeyError:
+        ok = ", ".join(f"{f} {b}" for f, b in OUTPUT_SUBTYPES)
+        raise SeparatorError(f"cannot write {fmt} at {bits} bits; supported: {ok}") from None
+
+
+class StemWriter:
+    """Writes one stem to a hidden temporary file next to `path`; `commit()` renames it.
+
+    Until `commit`, `path` is untouched, so an interrupted run never leaves a truncated stem.
+    `clip`: "clamp" limits samples to [-1, 1]; "rescale" divides the whole stem by its peak when
+    the peak exceeds 1 (a second pass over a float32 temporary, since the peak is only known at
+    the end); "none" keeps float samples as they are (integer formats still saturate rather than
+    wrap around).
+    """
+
+    def __init__(self, path: Path, sample_rate: int, channels: int, *, fmt: str = "wav",
+                 bits: int = 24, clip: str = "rescale") -> None:  # fmt: skip
+        if clip not in CLIP_MODES:
+            raise SeparatorError(f"unknown --clip {clip!r}; choose one of {', '.join(CLIP_MODES)}")
+        self.path, self.sample_rate, self.channels = path, sample_rate, channels
+        self.fmt, self.subtype, self.clip = fmt, output_subtype(fmt, bits), clip
+        self.peak = 0.0
+        # Folders made here are removed again by abort(), so a failure leaves nothing behind.
+        self._made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self._two_pass = clip == "rescale"
+        fmt_tmp, sub_tmp = ("WAV", "FLOAT") if self._two_pass else (fmt.upper(), self.subtype)
+        self._file = sf.SoundFile(self.tmp, "w", sample_rate, channels, sub_tmp, format=fmt_tmp)
+
+    def write(self, block: np.ndarray) -> None:
+        """Append (n, channels) float32 samples."""
+        self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
+        if self.clip == "clamp" or (self.clip == "none" and self.subtype != "FLOAT"):
+            block = np.clip(block, -1.0, 1.0)
+        self._file.write(block)
+
+    def commit(self) -> Path:
+        """Finish the file and move it into place; returns the final path."""
+        self._file.close()
+        if self._two_pass and (self.peak > 1.0 or self.subtype != "FLOAT" or self.fmt != "wav"):
+            self._transcode(1.0 / max(self.peak, 1.0))
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file; the final path is never created."""
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+        for folder in self._made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another stem or file lives there
+                break
+
+    def _transcode(self, gain: float) -> None:
+        fd, out = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent
+        )
+        os.close(fd)
+        try:
+            with (
+                sf.SoundFile(self.tmp) as src,
+                sf.SoundFile(
+                    out, "w", self.sample_rate, self.channels, self.subtype, format=self.fmt.upper()
+                ) as dst,
+            ):
+                for block in src.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+                    dst.write(np.clip(block * gain, -1.0, 1.0) if gain != 1.0 else block)
+        except BaseException:
+            Path(out).unlink(missing_ok=True)
+            raise
+        os.replace(out, self.tmp)
