@@ -56,6 +56,33 @@ def convert_cmd(
     typer.echo(f"wrote {weights} and {card}")
 
 
+# --- separator train ---------------------------------------------------------------------------
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def train_cmd(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Argument(help="training recipe YAML (see recipes/)")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from OUTPUT_DIR/last.ckpt")
+    ] = False,
+) -> None:
+    """Train a model from a recipe. Extra `key=value` arguments override the recipe
+    (e.g. data.root=/data/musdb18hq output_dir=runs/x training.lr=3e-4).
+
+    Multi-GPU: torchrun --nproc_per_node=8 -m separator.cli train RECIPE.yaml ...
+    """
+    from separator.recipe import load_recipe
+    from separator.train import train
+
+    try:
+        result = train(load_recipe(recipe, ctx.args), resume=resume)
+    except SeparatorError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"done: step {result['step']}, best validation SDR {result['best_sdr']:.2f} dB")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `separator`; returns the exit code (for in-process tests)."""
     return _run(app, argv)
@@ -108,15 +135,28 @@ separate_app = typer.Typer(
 @separate_app.command()
 def separate_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="audio files or folders of audio files")],
-    stems: Annotated[str | None, typer.Option(
-        help="comma-separated stems; residuals: instrumental, no_<stem> [default: all]")] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="model card / MSST config (.yaml), checkpoint, or folder")] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="MSST YAML config for a checkpoint given with --model")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")] = Path("separated"),
-    filename: Annotated[str, typer.Option(
-        help="output path template: {track}, {stem}, {ext}")] = "{track}/{stem}.{ext}",
+    stems: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated stems; residuals: instrumental, no_<stem> [default: all]"
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="model card / MSST config (.yaml), checkpoint, or folder"
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="MSST YAML config for a checkpoint given with --model"),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")] = Path(
+        "separated"
+    ),
+    filename: Annotated[
+        str, typer.Option(help="output path template: {track}, {stem}, {ext}")
+    ] = "{track}/{stem}.{ext}",
     fmt: Annotated[str, typer.Option("--format", help="wav or flac")] = "wav",
     bits: Annotated[int, typer.Option(help="16, 24 or 32 (32 = float, wav only)")] = 24,
     clip: Annotated[str, typer.Option(help="rescale (if peak > 1), clamp or none")] = "rescale",
@@ -125,7 +165,9 @@ def separate_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast")] = "fp32",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
-    tta: Annotated[bool, typer.Option("--tta", help="average channel-swap/polarity passes")] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="average channel-swap/polarity passes")
+    ] = False,
     jobs: Annotated[int, typer.Option(help="files separated at the same time")] = 1,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or summary")] = False,
@@ -142,8 +184,16 @@ def separate_cmd(
         raise fail(f"--jobs must be >= 1, got {jobs}")
     try:
         output_subtype(fmt, bits)
-        sep = _load_separator(model, config, device=device, overlap=overlap,
-                              batch_size=batch_size, precision=precision, tta=tta, compile=compile)
+        sep = _load_separator(
+            model,
+            config,
+            device=device,
+            overlap=overlap,
+            batch_size=batch_size,
+            precision=precision,
+            tta=tta,
+            compile=compile,
+        )
         resolve_stems(sep.stems, stems)
     except SeparatorError as e:
         raise fail(str(e)) from None
@@ -159,8 +209,10 @@ def _load_separator(model: str | None, config: Path | None, **kwargs):
     from separator.api import Separator
 
     if model is None and config is None:
-        raise SeparatorError("no model given: pass --model (a model card or MSST .yaml config, or "
-                             "a checkpoint with --config)")
+        raise SeparatorError(
+            "no model given: pass --model (a model card or MSST .yaml config, or "
+            "a checkpoint with --config)"
+        )
     if model is None:  # a config alone names the model (a card, or an MSST YAML)
         return Separator.from_pretrained(config, **kwargs)
     return Separator.from_pretrained(model, config=config, **kwargs)
@@ -269,3 +321,7 @@ def separate_main(argv: list[str] | None = None) -> int:
 
 def separate_console_main() -> None:  # pragma: no cover - thin wrapper for the console script
     sys.exit(separate_main())
+
+
+if __name__ == "__main__":  # `python -m separator.cli` (used with torchrun)
+    console_main()

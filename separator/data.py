@@ -52,8 +52,9 @@ class Track:
 
     def read(self, stem: str, start: int = 0, frames: int = -1) -> np.ndarray:
         """(channels, frames) float32 excerpt of one stem."""
-        data, _ = sf.read(self.files[stem], start=start, frames=frames, dtype="float32",
-                          always_2d=True)
+        data, _ = sf.read(
+            self.files[stem], start=start, frames=frames, dtype="float32", always_2d=True
+        )
         return np.ascontiguousarray(data.T)
 
 
@@ -82,8 +83,10 @@ def find_tracks(
     """
     base = Path(root) / subset
     if not base.is_dir():
-        raise SeparatorError(f"{base}: no such folder (expected a MUSDB18HQ layout: "
-                             f"{Path(root)}/{{train,test}}/<track>/<stem>.wav)")
+        raise SeparatorError(
+            f"{base}: no such folder (expected a MUSDB18HQ layout: "
+            f"{Path(root)}/{{train,test}}/<track>/<stem>.wav)"
+        )
     dirs = sorted(d for d in base.iterdir() if d.is_dir())
     if split is not None:
         keep = _select([d.name for d in dirs], split)
@@ -91,7 +94,9 @@ def find_tracks(
     names = list(stems) + (["mixture"] if with_mixture else [])
     tracks = [_track(d, names) for d in dirs]
     if not tracks:
-        raise SeparatorError(f"{base}: no tracks found" + (f" for split {split!r}" if split else ""))
+        raise SeparatorError(
+            f"{base}: no tracks found" + (f" for split {split!r}" if split else "")
+        )
     return tracks
 
 
@@ -112,14 +117,18 @@ def _track(folder: Path, stems: Sequence[str]) -> Track:
     first = next(iter(infos.values()))
     for stem, info in infos.items():
         if info.samplerate != first.samplerate:
-            raise SeparatorError(f"{files[stem]}: sample rate {info.samplerate} differs from "
-                                 f"{first.samplerate} of the other stems")
+            raise SeparatorError(
+                f"{files[stem]}: sample rate {info.samplerate} differs from "
+                f"{first.samplerate} of the other stems"
+            )
         if info.channels != first.channels:
-            raise SeparatorError(f"{files[stem]}: {info.channels} channels, the other stems have "
-                                 f"{first.channels}")
+            raise SeparatorError(
+                f"{files[stem]}: {info.channels} channels, the other stems have {first.channels}"
+            )
         if info.frames != first.frames:
-            raise SeparatorError(f"{files[stem]}: {info.frames} samples, the other stems have "
-                                 f"{first.frames}")
+            raise SeparatorError(
+                f"{files[stem]}: {info.frames} samples, the other stems have {first.frames}"
+            )
     return Track(folder.name, files, first.frames, first.samplerate, first.channels)
 
 
@@ -137,12 +146,13 @@ class Augment:
 class RandomMixDataset(torch.utils.data.Dataset):
     """Random mixes of `chunk_size` samples: each stem from a random track at a random offset.
 
-    Item i is (mixture (channels, chunk), stems (n_stems, channels, chunk)); it depends only on
+    Item i is (mixture (channels, chunk), targets (n_targets, channels, chunk)); it depends only on
     (seed, i). `min_mean_abs` skips near-silent excerpts as MSST does (redraws up to 20 times).
     """
 
     tracks: list[Track]
-    stems: tuple[str, ...]
+    stems: tuple[str, ...]  # stems summed into the mixture
+    targets: tuple[str, ...]  # stems returned as targets (all of `stems`, or one of them)
     chunk_size: int
     length: int
     seed: int = 0
@@ -153,6 +163,10 @@ class RandomMixDataset(torch.utils.data.Dataset):
     def __post_init__(self) -> None:
         if not self.tracks:
             raise SeparatorError("no training tracks")
+        unknown = [t for t in self.targets if t not in self.stems]
+        if unknown:
+            raise SeparatorError(f"target stem(s) {unknown} are not among the stems {self.stems}")
+        self._target_index = [self.stems.index(t) for t in self.targets]
         rates = {t.sample_rate for t in self.tracks}
         if len(rates) > 1:
             raise SeparatorError(f"training tracks have several sample rates: {sorted(rates)}")
@@ -165,7 +179,7 @@ class RandomMixDataset(torch.utils.data.Dataset):
         out = np.stack([self._excerpt(stem, rng) for stem in self.stems])
         out = self._augment(out, rng)
         stems = torch.from_numpy(out)
-        return stems.sum(0), stems
+        return stems.sum(0), stems[self._target_index]
 
     def _excerpt(self, stem: str, rng: np.random.Generator) -> np.ndarray:
         for _ in range(20):
@@ -214,14 +228,19 @@ def load_track_arrays(track: Track, stems: Sequence[str]) -> tuple[np.ndarray, n
     return mix, refs
 
 
-def musdb_to_folder(root: str | Path, out: str | Path, subsets: Sequence[str] = ("train", "test"),
-                    ) -> Path:
+def musdb_to_folder(
+    root: str | Path,
+    out: str | Path,
+    subsets: Sequence[str] = ("train", "test"),
+) -> Path:
     """Decode MUSDB18 `.stem.mp4` files (through `musdb`, needs ffmpeg) into a MUSDB18HQ-layout
     folder of WAV files, so training reads excerpts without decoding whole songs each time."""
     try:
         import musdb
     except ImportError:
-        raise SeparatorError("reading MUSDB18 .stem.mp4 needs `pip install musdb` and ffmpeg") from None
+        raise SeparatorError(
+            "reading MUSDB18 .stem.mp4 needs `pip install musdb` and ffmpeg"
+        ) from None
     out = Path(out)
     for subset in subsets:
         db = musdb.DB(root=str(root), subsets=subset, is_wav=False)

@@ -28,3 +28,59 @@ def load_golden(name: str):
     sd = load_file(str(path))
     x, y = sd.pop("__input__"), sd.pop("__output__")
     return meta["class"], json.loads(meta["config"]), sd, x, y
+
+
+@pytest.fixture(scope="session")
+def stempeg_example() -> dict:
+    """Real multitrack audio: stempeg's example (6 s, 44.1 kHz, stereo), decoded with ffmpeg.
+
+    Returns {"mixture", "drums", "bass", "other", "vocals"} -> (channels, frames) float32, or
+    skips when stempeg or ffmpeg is missing.
+    """
+    import numpy as np
+
+    stempeg = pytest.importorskip("stempeg")
+    try:
+        audio, rate = stempeg.read_stems(stempeg.example_stem_path())
+    except Exception as e:  # ffmpeg missing or broken
+        pytest.skip(f"stempeg example unavailable: {e}")
+    assert rate == 44100
+    names = ("mixture", "drums", "bass", "other", "vocals")  # stem order of .stem.mp4 files
+    return {n: np.ascontiguousarray(audio[i].T, dtype=np.float32) for i, n in enumerate(names)}
+
+
+def write_musdb_folder(root: Path, tracks: dict[str, dict], subset: str = "train") -> Path:
+    """Write {track name: {stem: (channels, frames)}} as a MUSDB18HQ-layout folder."""
+    import soundfile as sf
+
+    for name, stems in tracks.items():
+        folder = root / subset / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem, audio in stems.items():
+            sf.write(folder / f"{stem}.wav", audio.T, 44100, subtype="FLOAT")
+    return root
+
+
+@pytest.fixture(scope="session")
+def musdb_example(stempeg_example, tmp_path_factory) -> Path:
+    """A small MUSDB18HQ-layout folder made from the real stempeg stems.
+
+    train/: two 3-second halves as training tracks, and the whole excerpt under the name of one
+    of musdb's validation tracks (so the standard train/valid split applies); test/: the whole
+    excerpt.
+    """
+    ex = stempeg_example
+    half = ex["mixture"].shape[1] // 2
+    first = {k: v[:, :half] for k, v in ex.items()}
+    second = {k: v[:, half:][::-1].copy() for k, v in ex.items()}  # channels swapped
+    root = tmp_path_factory.mktemp("musdb18hq")
+    write_musdb_folder(
+        root,
+        {
+            "Example - First Half": first,
+            "Example - Second Half": second,
+            "Actions - One Minute Smile": ex,
+        },
+    )
+    write_musdb_folder(root, {"Example - Falcon 69": ex}, subset="test")
+    return root

@@ -24,6 +24,9 @@ from separator.nn.layers import RMSNorm, WeightCache
 # A group may pad its bands to at most this factor of their real total width: a few large matmuls
 # with a little padding beat many small ones.
 MAX_PADDING = 1.25
+# Index tables are built on the CPU even under `with torch.device("meta")` (cards are validated by
+# building models on the meta device) and move with the module afterwards.
+_CPU = torch.device("cpu")
 
 
 def stft_bins(n_fft: int) -> int:
@@ -74,9 +77,10 @@ def band_feature_index(bins_per_band: Sequence[Sequence[int]], channels: int) ->
     """
     out = []
     for bins in bins_per_band:
-        b = torch.as_tensor(list(bins), dtype=torch.long)
-        idx = (b[:, None, None] * channels + torch.arange(channels)[None, :, None]) * 2
-        out.append((idx + torch.arange(2)[None, None, :]).reshape(-1))
+        b = torch.as_tensor(list(bins), dtype=torch.long, device=_CPU)
+        ch = torch.arange(channels, device=_CPU)
+        idx = (b[:, None, None] * channels + ch[None, :, None]) * 2
+        out.append((idx + torch.arange(2, device=_CPU)[None, None, :]).reshape(-1))
     return out
 
 
@@ -113,7 +117,7 @@ class BandGroups:
         # Band order after concatenating groups, and its inverse (identity for BS layouts).
         concat = [k for g in groups for k in g]
         self.in_order = concat == sorted(concat)
-        self.inverse = torch.as_tensor(np.argsort(concat), dtype=torch.long)
+        self.inverse = torch.as_tensor(np.argsort(concat), dtype=torch.long, device=_CPU)
         # Slots of the concatenated padded group outputs that hold real features, in band order.
         slot_of_band: dict[int, int] = {}
         offset = 0
@@ -123,7 +127,10 @@ class BandGroups:
             offset += len(g) * w
         self.total_slots = offset
         self.slots = torch.cat(
-            [torch.arange(self.widths[k]) + slot_of_band[k] for k in range(len(widths))]
+            [
+                torch.arange(self.widths[k], device=_CPU) + slot_of_band[k]
+                for k in range(len(widths))
+            ]
         )
         self.trivial_slots = self.in_order and all(self.contiguous)
 
@@ -165,21 +172,26 @@ class BandSplit(nn.Module):
         )
         if feature_index is None:
             starts = np.cumsum((0,) + self.dim_inputs[:-1])
-            feature_index = [torch.arange(s, s + d) for s, d in zip(starts, self.dim_inputs)]
+            feature_index = [
+                torch.arange(s, s + d, device=_CPU) for s, d in zip(starts, self.dim_inputs)
+            ]
         self.groups = BandGroups(self.dim_inputs)
         self._starts = [int(feature_index[g[0]][0]) for g in self.groups.bands]
         for g in range(len(self.groups.bands)):
             # Padding gathers the zero column appended to the features at run time (index -1).
             idx = self.groups.group_index(g, feature_index, pad_value=-1)
             self.register_buffer(f"_index{g}", idx, persistent=False)
-            scale = torch.tensor([self.dim_inputs[k] ** 0.5 for k in self.groups.bands[g]])
+            scale = torch.tensor(
+                [self.dim_inputs[k] ** 0.5 for k in self.groups.bands[g]], device=_CPU
+            )
             self.register_buffer(f"_scale{g}", scale[:, None], persistent=False)
         self._cache = WeightCache()
         # Contiguous groups read a view of the spectrum; that needs consecutive feature positions.
         for g in range(len(self.groups.bands)):
             if self.groups.contiguous[g]:
                 idx = getattr(self, f"_index{g}").reshape(-1)
-                if not torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + idx.numel())):
+                first = int(idx[0])
+                if not torch.equal(idx, torch.arange(first, first + idx.numel(), device=_CPU)):
                     self.groups.contiguous[g] = False
 
     def _weights(self) -> list[tuple[Tensor, Tensor]]:
@@ -187,7 +199,10 @@ class BandSplit(nn.Module):
         out = []
         for g, bands in enumerate(self.groups.bands):
             mods = [self.to_features[k] for k in bands]
-            w = _padded_stack([m[1].weight * m[0].gamma for m in mods], self.groups.width[g], -1)
+            width = self.groups.width[g]
+            w = _padded_stack([m[1].weight for m in mods], width, -1)
+            gamma = _padded_stack([m[0].gamma for m in mods], width, -1)
+            w = w * gamma.unsqueeze(1)  # (G, dim, width): gamma folded into the Linear
             out.append((w.transpose(1, 2), torch.stack([m[1].bias for m in mods])))
         return out
 
@@ -254,7 +269,7 @@ class MaskEstimator(nn.Module):
             for b in self.groups.bands
         ]
         for g, bands in enumerate(self.groups.bands):
-            self.register_buffer(f"_bands{g}", torch.tensor(bands), persistent=False)
+            self.register_buffer(f"_bands{g}", torch.tensor(bands, device=_CPU), persistent=False)
         self._cache = WeightCache()
 
     def _linears(self, k: int) -> list[nn.Linear]:
@@ -297,6 +312,8 @@ class MaskEstimator(nn.Module):
 
 def _pad_halves(t: Tensor, width: int, dim: int) -> Tensor:
     """Split `t` in two halves along `dim` and zero-pad each to `width` (GLU value | gate)."""
+    if t.shape[dim] == 2 * width:
+        return t
     a, b = t.chunk(2, dim=dim)
     pad = [0, 0] * (t.dim() - 1 - dim) + [0, width - a.shape[dim]]
     return torch.cat([F.pad(a, pad), F.pad(b, pad)], dim=dim)

@@ -30,8 +30,9 @@ class MelBandRoformer(RoformerBase):
         super().__init__(config, widths, index, final_norm=False, sample_rate=config.sample_rate)
         self.register_buffer("_feature_index", torch.cat(index), persistent=False)
         # How many bands cover each feature: overlapping band masks are averaged.
-        count = torch.zeros(self.n_bins * config.audio_channels * 2)
-        count.index_add_(0, self._feature_index, torch.ones(len(self._feature_index)))
+        cpu = torch.device("cpu")  # also under `with torch.device("meta")`
+        count = torch.zeros(self.n_bins * config.audio_channels * 2, device=cpu)
+        count.index_add_(0, self._feature_index, torch.ones(len(self._feature_index), device=cpu))
         self.register_buffer("_band_count", count, persistent=False)
 
     def _assemble_masks(self, masks: Tensor) -> Tensor:
