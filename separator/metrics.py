@@ -247,8 +247,9 @@ def _correlations(
         nblocks = -(-(stop - start) // block)
         x = _pad_to(ref[:, start:stop], nblocks * block).view(ref.shape[0], nblocks, block)
         ys = [
-            _pad_to(o[:, start : stop + filter_length - 1], nblocks * block + filter_length - 1)
-            .unfold(-1, nfft, block)  # each block plus the next filter_length - 1 samples
+            _pad_to(
+                o[:, start : stop + filter_length - 1], nblocks * block + filter_length - 1
+            ).unfold(-1, nfft, block)  # each block plus the next filter_length - 1 samples
             for o in others
         ]
         xf = torch.fft.rfft(x, n=nfft).permute(2, 0, 1)  # (F, M, blocks)
@@ -273,10 +274,16 @@ def _gram(corr: torch.Tensor) -> torch.Tensor:
     m, _, length = corr.shape
     lag = torch.arange(length)
     diff = lag[:, None] - lag[None, :]
-    pos = corr[:, :, diff.clamp(min=0)]  # R_ab(k), k >= 0
-    neg = corr.transpose(0, 1)[:, :, (-diff).clamp(min=0)]  # R_ab(-k) = R_ba(k)
-    g = torch.where(diff >= 0, pos, neg)  # (M, M, L, L)
-    return g.permute(0, 2, 1, 3).reshape(m * length, m * length)
+    pos, neg = diff.clamp(min=0), (-diff).clamp(min=0)
+    upper = diff >= 0
+    # Filled block by block: full (M, M, L, L) temporaries would triple the peak memory.
+    gram = torch.empty(m, length, m, length, dtype=corr.dtype)
+    for a in range(m):
+        for b in range(m):
+            gram[a, :, b] = torch.where(
+                upper, corr[a, b][pos], corr[b, a][neg]
+            )  # R_ab(-k) = R_ba(k)
+    return gram.view(m * length, m * length)
 
 
 def _solve_spd(gram: torch.Tensor, rhs: torch.Tensor, what: str) -> torch.Tensor:

@@ -130,7 +130,8 @@ def test_si_sdr_ignores_scale_and_matches_definition():
 
 
 @pytest.mark.parametrize(
-    ("length", "expected"), [(44100 * 3 + 10, 3), (44100 * 3, 3), (44100 * 3 - 1, 2), (44100, 1), (100, 1)]
+    ("length", "expected"),
+    [(44100 * 3 + 10, 3), (44100 * 3, 3), (44100 * 3 - 1, 2), (44100, 1), (100, 1)],
 )
 def test_frame_count_matches_museval(length, expected):
     assert frame_count(length) == expected
