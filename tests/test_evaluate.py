@@ -97,7 +97,7 @@ class ScaledMixture:
 
 
 def test_model_path_with_injected_separator(dataset, tmp_path):
-    root, _, rate = dataset
+    root, _, _ = dataset
     out = tmp_path / "eval"
     report = evaluate_dataset(root, out, separator=ScaledMixture(), tracks=["A - Full"],
                               progress=False, plot=False)  # fmt: skip
