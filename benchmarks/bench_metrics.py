@@ -4,8 +4,8 @@ Usage: python3 benchmarks/bench_metrics.py [--repeats 3] [--seconds 180]
 
 The track is the stempeg example's real stems (6 s) looped to length; the estimates add
 leakage, a delay, filtering and in-band noise. Each measurement runs in a fresh process that
-loads the same .npy files, so the peak memory (ru_maxrss minus the RSS before the call) is the
-call's own. Methods are interleaved per repeat so that they share the machine's load; medians.
+loads the same .npy files; the peak memory is the kernel's peak RSS (reset just before the call)
+minus the RSS before the call, i.e. what the call itself adds. Methods are interleaved per repeat so that they share the machine's load; medians.
 """
 
 from __future__ import annotations
@@ -50,6 +50,20 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak() -> None:
+    """Reset the kernel's peak RSS (VmHWM), so that set-up transients do not count (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def worker(method: str, folder: Path) -> None:
     import warnings
 
@@ -70,13 +84,14 @@ def worker(method: str, folder: Path) -> None:
         def run():
             return fn(ref_t, est_t, 44100, 44100)
 
+    reset_peak()
     before = rss_bytes()
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = run()
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_bytes()
     sdr = np.asarray(out[0] if method != "sdr_only" else out)
     print(json.dumps({"wall_s": wall, "peak_mb": (peak - before) / 2**20,
                       "median_sdr": float(np.nanmedian(sdr))}))  # fmt: skip
