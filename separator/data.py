@@ -251,3 +251,40 @@ def musdb_to_folder(
             for name, target in track.sources.items():
                 sf.write(folder / f"{name}.wav", target.audio, track.rate, subtype="FLOAT")
     return out
+
+
+def example_folder(out: str | Path) -> Path:
+    """Write a small MUSDB18HQ-layout folder from the real multitrack excerpt that ships with
+    `stempeg` (6 s, CC BY-NC-SA; needs `pip install stempeg` and ffmpeg).
+
+    train/: the two 3-second halves (the second with its channels swapped) as training tracks,
+    and the whole excerpt under the name of one of musdb's validation tracks, so the standard
+    split has something to validate on; test/: the whole excerpt. Enough to run a recipe end to
+    end on a fresh machine, not to train a useful model.
+    """
+    try:
+        import stempeg
+
+        audio, rate = stempeg.read_stems(stempeg.example_stem_path())
+    except ImportError:
+        raise SeparatorError("the example data needs `pip install stempeg` (and ffmpeg)") from None
+    except Exception as e:  # stempeg raises bare errors when ffmpeg is missing
+        raise SeparatorError(
+            f"cannot decode stempeg's example (is ffmpeg installed?): {e}"
+        ) from None
+    names = ("mixture", "drums", "bass", "other", "vocals")  # stem order of .stem.mp4 files
+    full = {n: np.ascontiguousarray(audio[i].T, dtype=np.float32) for i, n in enumerate(names)}
+    half = full["mixture"].shape[1] // 2
+    tracks = {
+        ("train", "Example - First Half"): {k: v[:, :half] for k, v in full.items()},
+        ("train", "Example - Second Half"): {k: v[:, half:][::-1] for k, v in full.items()},
+        ("train", MUSDB_VALIDATION[0]): full,
+        ("test", "Example - Falcon 69"): full,
+    }
+    out = Path(out)
+    for (subset, name), stems in tracks.items():
+        folder = out / subset / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem, x in stems.items():
+            sf.write(folder / f"{stem}.wav", np.ascontiguousarray(x.T), int(rate), subtype="FLOAT")
+    return out

@@ -83,7 +83,7 @@ def find_tracks(root: Path, subset: str, names: Sequence[str] | None = None) -> 
 def _musdb_tracks(root: Path, subset: str) -> list[Track]:
     try:
         import musdb
-    except Exception as e:  # noqa: BLE001 - ImportError, or stempeg's error without ffmpeg
+    except Exception as e:
         raise SeparatorError(f"{root}: reading .stem.mp4 needs musdb and ffmpeg ({e})") from None
     db = musdb.DB(root=str(root), subsets=subset, is_wav=False)
     return [Track(t.name, subset, t) for t in db.tracks]

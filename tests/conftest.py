@@ -63,24 +63,9 @@ def write_musdb_folder(root: Path, tracks: dict[str, dict], subset: str = "train
 
 @pytest.fixture(scope="session")
 def musdb_example(stempeg_example, tmp_path_factory) -> Path:
-    """A small MUSDB18HQ-layout folder made from the real stempeg stems.
+    """A small MUSDB18HQ-layout folder made from the real stempeg stems
+    (`separator.data.example_folder`): train/ holds two 3-second halves and the whole excerpt
+    under the name of a musdb validation track; test/ the whole excerpt."""
+    from separator.data import example_folder
 
-    train/: two 3-second halves as training tracks, and the whole excerpt under the name of one
-    of musdb's validation tracks (so the standard train/valid split applies); test/: the whole
-    excerpt.
-    """
-    ex = stempeg_example
-    half = ex["mixture"].shape[1] // 2
-    first = {k: v[:, :half] for k, v in ex.items()}
-    second = {k: v[:, half:][::-1].copy() for k, v in ex.items()}  # channels swapped
-    root = tmp_path_factory.mktemp("musdb18hq")
-    write_musdb_folder(
-        root,
-        {
-            "Example - First Half": first,
-            "Example - Second Half": second,
-            "Actions - One Minute Smile": ex,
-        },
-    )
-    write_musdb_folder(root, {"Example - Falcon 69": ex}, subset="test")
-    return root
+    return example_folder(tmp_path_factory.mktemp("musdb18hq"))

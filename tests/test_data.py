@@ -93,7 +93,7 @@ def test_one_target_keeps_the_full_mixture(tmp_path):
 def test_augmentations(tmp_path):
     write_musdb_folder(tmp_path, {"A": _song()})
     plain = _dataset(tmp_path, augment=Augment(gain_db=(0, 0), channel_swap=0, polarity=0))
-    mix, stems = plain[1]
+    _, stems = plain[1]
     # Without augmentation the stems are excerpts of the files: right channel = half the left.
     torch.testing.assert_close(stems[:, 1], 0.5 * stems[:, 0])
     swapped = _dataset(tmp_path, augment=Augment(gain_db=(0, 0), channel_swap=1, polarity=0))[1][1]
