@@ -49,8 +49,9 @@ MDX_EPS = 1e-7
 # Block length of the FFT correlations used to build the Gram system (power of two, > filter).
 _CORR_NFFT = 8192
 # Number of correlation blocks / frames transformed at once: bounds the peak memory.
-_CORR_BLOCKS_PER_STEP = 32
+_CORR_BLOCKS_PER_STEP = 16
 _FRAMES_PER_STEP = 8
+_PROJ_FRAMES_PER_STEP = 2
 # Below this reciprocal condition estimate the projections lose digits: warn.
 _RCOND_WARN = 1e-13
 
@@ -384,22 +385,25 @@ def _parseval_weight(nfft: int) -> np.ndarray:
     return weight
 
 
-def _filter_spectra(filters: tuple[np.ndarray, np.ndarray], nfft: int) -> np.ndarray:
-    """(F, 2M, M) spectra of the filters: rows [:M] all-stem, rows [M:] own-stem (block diagonal).
+def _filter_spectra(
+    filters: tuple[np.ndarray, np.ndarray], nfft: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frequency-major filter spectra for frame spectra laid out (F, T, sources, C).
 
-    out[f, e, a] multiplies reference channel a's spectrum into the projection of estimate
-    channel e, so one batched matmul per frequency gives both projections.
+    Returns:
+        all_f (F, M, M): entry [f, a, e] multiplies reference channel a's spectrum into the
+            projection of estimate channel e, so that filtering is a matmul per frequency.
+        own_f (C, F, 1, sources, C): own_f[d, f, 0, j, ce] multiplies the spectrum of channel
+            (j, ce + d mod C) into the own-stem projection of channel (j, ce): a few elementwise
+            products instead of thousands of tiny matmuls.
     """
     all_filters, own_filters = filters
-    nsrc, nchan, length, _ = own_filters.shape
-    m = nsrc * nchan
-    out = np.zeros((nfft // 2 + 1, 2 * m, m), dtype=np.complex128)
-    out[:, :m] = scipy.fft.rfft(all_filters, n=nfft, axis=1).transpose(1, 2, 0)
-    own = scipy.fft.rfft(own_filters, n=nfft, axis=2)  # (sources, ca, F, ce)
-    for j in range(nsrc):
-        rows = slice(m + j * nchan, m + (j + 1) * nchan)
-        out[:, rows, j * nchan : (j + 1) * nchan] = own[j].transpose(1, 2, 0)
-    return out
+    nchan = own_filters.shape[1]
+    all_f = np.ascontiguousarray(scipy.fft.rfft(all_filters, n=nfft, axis=1).transpose(1, 0, 2))
+    own = scipy.fft.rfft(own_filters, n=nfft, axis=2).transpose(2, 0, 1, 3)  # (F, j, ca, ce)
+    ce = np.arange(nchan)
+    own_f = np.stack([own[:, :, (ce + d) % nchan, ce] for d in range(nchan)])  # (C, F, j, ce)
+    return all_f, own_f[:, :, None]
 
 
 def _projection_energies(
@@ -408,45 +412,44 @@ def _projection_energies(
     filters: tuple[np.ndarray, np.ndarray],
     window: int,
     hop: int,
-) -> dict[str, np.ndarray]:
-    """Per-frame energies of the projections, each (sources, frames), summed over channels.
+) -> np.ndarray:
+    """Per-frame energies of the projections, summed over channels.
 
     Each frame of the references is cut out, zero-padded and filtered (one FFT per channel and
     frame, the filtering as a matrix product per frequency), so energies cover frame + L - 1;
     energies by Parseval, so no inverse FFT is needed.
+
+    Returns:
+        (5, sources, frames): energies of P_own, P_all, P_own - s, P_all - P_own, ŝ - P_all.
     """
     nsrc, nchan, n = ref.shape
     m, length = nsrc * nchan, filters[0].shape[1]
     ref_frames = _frames(ref.reshape(m, n), window, hop)  # (M, frames, W)
     est_frames = _frames(est.reshape(m, n), window, hop)
     nfft = scipy.fft.next_fast_len(ref_frames.shape[-1] + length - 1, real=True)
-    spectra = _filter_spectra(filters, nfft)  # (F, 2M, M)
+    all_f, own_f = _filter_spectra(filters, nfft)
     weight = _parseval_weight(nfft)
-    names = ("own", "all", "own_minus_ref", "all_minus_own", "est_minus_all")
-    out = {k: np.empty((nsrc, ref_frames.shape[1])) for k in names}
-    for i in range(0, ref_frames.shape[1], _FRAMES_PER_STEP):
-        sl = slice(i, i + _FRAMES_PER_STEP)
-        r = _freq_major(scipy.fft.rfft(ref_frames[:, sl], n=nfft), (2, 0, 1))  # (F, M, T)
-        proj = np.matmul(spectra, r)  # (F, 2M, T): all-stem, then own-stem projections
-        p_all, p_own = proj[:, :m], proj[:, m:]
-        e = _freq_major(scipy.fft.rfft(est_frames[:, sl], n=nfft), (2, 0, 1))
-
-        def energy(spec: np.ndarray) -> np.ndarray:
-            return _weighted_power(weight, spec).reshape(nsrc, nchan, -1).sum(1)
-
-        # In place, in the order the spectra stop being needed as such.
-        out["own"][:, sl], out["all"][:, sl] = energy(p_own), energy(p_all)
-        out["est_minus_all"][:, sl] = energy(np.subtract(e, p_all, out=e))
-        out["own_minus_ref"][:, sl] = energy(np.subtract(p_own, r, out=r))
-        out["all_minus_own"][:, sl] = energy(np.subtract(p_all, p_own, out=p_all))
+    nframes = ref_frames.shape[1]
+    out = np.empty((5, nsrc, nframes))
+    for i in range(0, nframes, _PROJ_FRAMES_PER_STEP):
+        sl = slice(i, i + _PROJ_FRAMES_PER_STEP)
+        r = _freq_major(scipy.fft.rfft(ref_frames[:, sl], n=nfft), (2, 1, 0))  # (F, T, M)
+        spec = np.empty((5, *r.shape), dtype=np.complex128)  # the five spectra, then powers
+        p_own, p_all, own_ref, all_own, est_all = spec
+        r_src = r.reshape(*r.shape[:2], nsrc, nchan)
+        p_own_src = p_own.reshape(r_src.shape)
+        np.multiply(own_f[0], r_src, out=p_own_src)
+        for d in range(1, nchan):  # the other channels of each stem, rotated into place
+            p_own_src += own_f[d] * np.roll(r_src, -d, axis=-1)
+        np.matmul(r, all_f, out=p_all)
+        np.subtract(p_own, r, out=own_ref)
+        np.subtract(p_all, p_own, out=all_own)
+        est_all[...] = scipy.fft.rfft(est_frames[:, sl], n=nfft).transpose(2, 1, 0)
+        est_all -= p_all
+        parts = spec.view(np.float64).reshape(5, r.shape[0], -1)
+        power = np.einsum("f,sfk->sk", weight, np.square(parts, out=parts))  # Parseval
+        out[:, :, sl] = power.reshape(5, r.shape[1], nsrc, -1).sum(-1).transpose(0, 2, 1)
     return out
-
-
-def _weighted_power(weight: np.ndarray, spec: np.ndarray) -> np.ndarray:
-    """(F, ...) complex -> (...) Σ_f weight[f]·|spec[f]|², as one matrix-vector product."""
-    parts = spec.view(np.float64).reshape(spec.shape[0], -1)  # real, imaginary interleaved
-    power = weight @ np.square(parts)
-    return power.reshape(*spec.shape[1:-1], -1, 2).sum(-1)
 
 
 def bss_eval(
@@ -474,11 +477,12 @@ def bss_eval(
         return BssEval(sdr_db, *(np.full_like(sdr_db, np.nan) for _ in range(3)))
     filters = _projection_filters(ref, est, filter_length)
     energy = _projection_energies(ref, est, filters, window, hop)
-    isr = _safe_db(ref_energy, energy["own_minus_ref"])
-    sir = _safe_db(energy["own"], energy["all_minus_own"])
+    own, all_, own_minus_ref, all_minus_own, est_minus_all = energy
+    isr = _safe_db(ref_energy, own_minus_ref)
+    sir = _safe_db(own, all_minus_own)
     if ref.shape[0] == 1:  # museval's two projections coincide exactly: no interference at all
         sir = np.full_like(sir, np.inf)
-    sar = _safe_db(energy["all"], energy["est_minus_all"])
+    sar = _safe_db(all_, est_minus_all)
     for metric in (isr, sir, sar):
         metric[:, silent] = np.nan
     return BssEval(sdr_db, isr, sir, sar)
