@@ -20,7 +20,10 @@ BSS Eval v4 ("images" mode, time-invariant filters) as museval 0.4.1 computes it
 
 Where museval does the same work with full-length FFTs per pair, one LU factorisation per stem and
 a Python loop over frames, this module uses block FFT correlations, one Cholesky factorisation and
-batched frequency-domain projections (energies by Parseval).
+batched frequency-domain projections (energies by Parseval). The signal work runs on numpy and
+scipy.fft (pocketfft through scipy was ~3x faster than torch.fft for these real transforms on the
+dev machine, and numpy's batched matmul ~3x faster than torch's for tiny complex matrices); torch
+is kept for the Cholesky factorisation (LAPACK through torch was ~3x faster than scipy's).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ __all__ = [
 MDX_EPS = 1e-7
 # Block length of the FFT correlations used to build the Gram system (power of two, > filter).
 _CORR_NFFT = 8192
-# Number of correlation blocks / frames transformed at once: bounds the peak memory.
+# Correlation blocks / frames transformed at once: bounds the peak memory, and small steps keep
+# the spectra in cache (measured on 180 s, 4 stereo stems: 2 frames per step beat 4 and 8 by 25%).
 _CORR_BLOCKS_PER_STEP = 16
 _FRAMES_PER_STEP = 8
 _PROJ_FRAMES_PER_STEP = 2
