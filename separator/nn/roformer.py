@@ -148,19 +148,22 @@ class RoformerBase(nn.Module):
             return checkpoint(transformer, x, rotation, use_reentrant=False)
         return transformer(x, rotation)
 
+    def _stft_args(self) -> dict:
+        c = self.config
+        return dict(
+            n_fft=c.stft_n_fft,
+            hop_length=c.stft_hop_length,
+            win_length=c.stft_win_length,
+            window=self.stft_window.float(),
+            normalized=c.stft_normalized,
+        )
+
     def _stft(self, audio: Tensor) -> Tensor:
         """(b, s, time) -> (b, s, f, t) complex, always in float32 (also under autocast)."""
-        c = self.config
         b, s, length = audio.shape
         with torch.autocast(audio.device.type, enabled=False):
             spec = torch.stft(
-                audio.reshape(b * s, length).float(),
-                n_fft=c.stft_n_fft,
-                hop_length=c.stft_hop_length,
-                win_length=c.stft_win_length,
-                window=self.stft_window.float(),
-                normalized=c.stft_normalized,
-                return_complex=True,
+                audio.reshape(b * s, length).float(), **self._stft_args(), return_complex=True
             )
         return spec.view(b, s, *spec.shape[-2:])
 
@@ -174,15 +177,7 @@ class RoformerBase(nn.Module):
             out = m.permute(0, 2, 4, 3, 1) * spec.unsqueeze(1)  # (b, n, s, f, t)
             if c.zero_dc:
                 out[:, :, :, 0] = 0
-            wav = torch.istft(
-                out.reshape(b * n * s, f, t),
-                n_fft=c.stft_n_fft,
-                hop_length=c.stft_hop_length,
-                win_length=c.stft_win_length,
-                window=self.stft_window.float(),
-                normalized=c.stft_normalized,
-                length=length,
-            )
+            wav = torch.istft(out.reshape(b * n * s, f, t), **self._stft_args(), length=length)
         return wav.view(b, n, s, length)
 
     def _assemble_masks(self, masks: Tensor) -> Tensor:
