@@ -173,16 +173,38 @@ class Trainer:
             channels=self.model.audio_channels,
         )
 
-    def _batches(self, step: int):
-        """The micro-batches of one step for this process: (mixture, targets) pairs."""
+    def _indices(self, step: int) -> list[int]:
+        """Dataset indices of one step for this process, micro-batch after micro-batch.
+
+        Step s of the whole job uses examples [s·P, (s+1)·P) with P = accum × batch × world;
+        each process takes its own slice of every micro-batch, so 2 processes × batch 1 see
+        what 1 process × batch 2 sees.
+        """
         t = self.recipe.training
         per_step = t.grad_accum * t.batch_size * self.dist.world
+        out = []
         for micro in range(t.grad_accum):
             first = step * per_step + (micro * self.dist.world + self.dist.rank) * t.batch_size
-            items = [self.dataset[i] for i in range(first, first + t.batch_size)]
-            mix = torch.stack([m for m, _ in items]).to(self.dist.device)
-            ref = torch.stack([s for _, s in items]).to(self.dist.device)
-            yield micro, mix, ref
+            out.extend(range(first, first + t.batch_size))
+        return out
+
+    def _loader(self, start: int, end: int):
+        """Micro-batches (mixture, targets) for steps [start, end), from worker processes when
+        `data.num_workers` > 0. Examples depend only on their index, so workers need no seeds
+        of their own and a resumed run reads exactly the batches it would have read."""
+        indices = [i for step in range(start, end) for i in self._indices(step)]
+        workers = self.recipe.data.num_workers
+        return iter(torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.recipe.training.batch_size, sampler=indices,
+            num_workers=workers, pin_memory=self.dist.device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+        ))  # fmt: skip
+
+    def _batches(self, loader):
+        """The micro-batches of one step: (index, mixture, targets) on the device."""
+        for micro in range(self.recipe.training.grad_accum):
+            mix, ref = next(loader)
+            yield micro, mix.to(self.dist.device), ref.to(self.dist.device)
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> dict:
@@ -193,10 +215,11 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             _write_yaml(self.out / "recipe.yaml", self.recipe.to_dict())
         log = _Log(self.out / "train.csv", self.dist.main)
+        loader = self._loader(self.state["step"], end)
         while self.state["step"] < end:
             step = self.state["step"]
             t0 = time.perf_counter()
-            loss, grad_norm = self._step(step)
+            loss, grad_norm = self._step(step, loader)
             self.state["step"] = step + 1
             if (step + 1) % t.log_every == 0 or step == 0 or step + 1 == end:
                 log.row(
@@ -219,12 +242,12 @@ class Trainer:
     def _lr(self, step: int) -> float:
         return learning_rate(self.recipe, step, self.state["plateau_scale"])
 
-    def _step(self, step: int) -> tuple[float, float]:
+    def _step(self, step: int, loader) -> tuple[float, float]:
         t = self.recipe.training
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(step)
         total = torch.zeros((), device=self.dist.device)
-        for micro, mix, ref in self._batches(step):
+        for micro, mix, ref in self._batches(loader):
             sync = micro == t.grad_accum - 1 or self.dist.world == 1
             ctx = self.net.no_sync() if not sync and hasattr(self.net, "no_sync") else _null()
             with ctx, self._autocast():

@@ -201,3 +201,33 @@ def test_loss_matches_msst_definition():
         b = torch.stft(ref.reshape(-1, 9000), **kw)
         expected = expected + (a - b).abs().mean()
     torch.testing.assert_close(separation_loss(est, ref, cfg), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_worker_processes_read_the_same_batches(musdb_example, tmp_path):
+    plain = Trainer(tiny(musdb_example, tmp_path / "a", "training.steps=3"))
+    workers = Trainer(tiny(musdb_example, tmp_path / "b", "training.steps=3", "data.num_workers=2"))
+    a = list(plain._loader(1, 3))
+    b = list(workers._loader(1, 3))
+    assert len(a) == len(b) == 2
+    for (ma, ra), (mb, rb) in zip(a, b, strict=True):
+        assert torch.equal(ma, mb) and torch.equal(ra, rb)
+    expected = torch.stack([plain.dataset[i][0] for i in plain._indices(2)])
+    assert torch.equal(a[1][0], expected)  # step 2 reads examples 4 and 5
+
+
+def test_musdb18_stem_files_convert(tmp_path):
+    """MUSDB18 `.stem.mp4` files (through musdb + ffmpeg) become a MUSDB18HQ-layout folder."""
+    import shutil
+
+    stempeg = pytest.importorskip("stempeg")
+    pytest.importorskip("musdb")
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg missing")
+    from separator.data import find_tracks, musdb_to_folder
+
+    (tmp_path / "mp4" / "test").mkdir(parents=True)
+    shutil.copy(stempeg.example_stem_path(), tmp_path / "mp4" / "test" / "Song.stem.mp4")
+    out = musdb_to_folder(tmp_path / "mp4", tmp_path / "hq", subsets=("test",))
+    (track,) = find_tracks(out, subset="test", with_mixture=True)
+    assert track.name == "Song" and track.sample_rate == 44100 and track.channels == 2
+    assert track.frames > 5 * 44100
