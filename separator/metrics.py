@@ -381,7 +381,9 @@ def _projection_energies(
         p_own_src = p_own.reshape(r_src.shape)
         np.multiply(own_f[0], r_src, out=p_own_src)
         for d in range(1, nchan):  # the other channels of each stem, rotated into place
-            p_own_src += own_f[d] * np.roll(r_src, -d, axis=-1)
+            # (for stereo the rotation is a reversed view, so no copy)
+            rotated = r_src[..., ::-1] if nchan == 2 else np.roll(r_src, -d, axis=-1)
+            p_own_src += own_f[d] * rotated
         np.matmul(r, all_f, out=p_all)
         np.subtract(p_own, r, out=own_ref)
         np.subtract(p_all, p_own, out=all_own)
