@@ -35,6 +35,7 @@ import numpy as np
 import scipy.fft
 import torch
 
+from separator.bss import correlations, freq_major, gram_matrix
 from separator.errors import SeparatorError
 
 __all__ = [
@@ -49,11 +50,8 @@ __all__ = [
 
 # MDX21/SDX23 challenge definition of the global SDR (sdx23 evaluation code, "eps = 1e-7").
 MDX_EPS = 1e-7
-# Block length of the FFT correlations used to build the Gram system (power of two, > filter).
-_CORR_NFFT = 8192
-# Correlation blocks / frames transformed at once: bounds the peak memory, and small steps keep
-# the spectra in cache (measured on 180 s, 4 stereo stems: 2 frames per step beat 4 and 8 by 25%).
-_CORR_BLOCKS_PER_STEP = 16
+# Frames transformed at once: bounds the peak memory, and small steps keep the spectra in
+# cache (measured on 180 s, 4 stereo stems: 2 frames per step beat 4 and 8 by 25%).
 _FRAMES_PER_STEP = 8
 _PROJ_FRAMES_PER_STEP = 2
 # Below this reciprocal condition estimate the projections lose digits: warn.
@@ -214,68 +212,6 @@ def _sdr_db(ref_energy: np.ndarray, err_energy: np.ndarray, silent: np.ndarray) 
     return out
 
 
-def _block_windows(x: np.ndarray, start: int, count: int, step: int, width: int) -> np.ndarray:
-    """(rows, count, width) view of x[:, start + i·step : ... + width], zero past the end."""
-    need = (count - 1) * step + width
-    seg = x[:, start : start + need]
-    if seg.shape[1] < need:  # last blocks: a small zero-padded copy
-        seg = np.pad(seg, ((0, 0), (0, need - seg.shape[1])))
-    return np.lib.stride_tricks.sliding_window_view(seg, width, axis=-1)[:, ::step]
-
-
-def _freq_major(spec: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
-    """Contiguous transpose of a (rows, blocks, F) spectrum, so that matmul batches over F."""
-    return np.ascontiguousarray(spec.transpose(order))
-
-
-def _correlations(ref: np.ndarray, est: np.ndarray, filter_length: int) -> np.ndarray:
-    """Full-length cross-correlations at lags 0..filter_length-1 by block FFTs.
-
-    Args:
-        ref, est: (M, time) reference and estimate channels.
-    Returns:
-        (M, 2M, filter_length): out[a, b, k] = Σ_n ref[a, n] · other[b, n + k] (zero outside the
-        signal), other = the reference channels, then the estimate channels.
-    """
-    m, n = ref.shape
-    nfft = max(_CORR_NFFT, 1 << (4 * filter_length - 1).bit_length())
-    block = nfft - (filter_length - 1)
-    nblocks = -(-n // block)
-    spec = np.zeros((nfft // 2 + 1, m, 2 * m), dtype=np.complex128)
-    xbuf = np.zeros((m, _CORR_BLOCKS_PER_STEP, nfft))  # blocks, zero-padded to nfft
-    ybuf = np.empty((2 * m, _CORR_BLOCKS_PER_STEP, nfft))  # blocks + next filter_length - 1
-    for first in range(0, nblocks, _CORR_BLOCKS_PER_STEP):
-        count = min(_CORR_BLOCKS_PER_STEP, nblocks - first)
-        start = first * block
-        xbuf[:, :count, :block] = _block_windows(ref, start, count, block, block)
-        ybuf[:m, :count] = _block_windows(ref, start, count, block, nfft)
-        ybuf[m:, :count] = _block_windows(est, start, count, block, nfft)
-        xf = _freq_major(scipy.fft.rfft(xbuf[:, :count]), (2, 0, 1))  # (F, M, blocks)
-        yf = _freq_major(scipy.fft.rfft(ybuf[:, :count]), (2, 1, 0))  # (F, blocks, 2M)
-        # Summing the cross-spectra over blocks sums the block correlations.
-        spec += np.matmul(np.conjugate(xf, out=xf), yf)
-    corr = scipy.fft.irfft(spec, n=nfft, axis=0)[:filter_length]
-    return np.ascontiguousarray(corr.transpose(1, 2, 0))
-
-
-def _gram(corr: np.ndarray) -> np.ndarray:
-    """Gram matrix of all delayed reference channels from their correlations.
-
-    Args:
-        corr: (M, M, L) reference correlations, corr[a, b, k] = R_ab(k) = Σ_n r_a[n] r_b[n + k].
-    Returns:
-        (M·L, M·L) with G[(a, t1), (b, t2)] = Σ_n r_a[n - t1] r_b[n - t2] = R_ab(t1 - t2).
-    """
-    m, _, length = corr.shape
-    lags = np.empty((m, m, 2 * length - 1))  # lags[a, b, L - 1 + d] = R_ab(d)
-    lags[..., length - 1 :] = corr
-    lags[..., : length - 1] = corr.transpose(1, 0, 2)[..., :0:-1]  # R_ab(-k) = R_ba(k)
-    # Hankel windows of the reversed lags, flipped: block[t1, t2] = lags[L - 1 + t1 - t2].
-    hankel = np.lib.stride_tricks.sliding_window_view(lags[..., ::-1], length, axis=-1)
-    toeplitz = hankel[:, :, ::-1, :]  # (M, M, L, L) view
-    return np.ascontiguousarray(toeplitz.transpose(0, 2, 1, 3)).reshape(m * length, m * length)
-
-
 def _solve_spd(gram: torch.Tensor, rhs: torch.Tensor, what: str) -> torch.Tensor:
     """Solve gram @ x = rhs for symmetric positive (semi-)definite gram, batched.
 
@@ -363,8 +299,8 @@ def _projection_filters(
     """
     nsrc, nchan, n = ref.shape
     m, length = nsrc * nchan, filter_length
-    corr = _correlations(ref.reshape(m, n), est.reshape(m, n), filter_length)
-    gram = torch.from_numpy(_gram(corr[:, :m]))
+    corr = correlations(ref.reshape(m, n), est.reshape(m, n), filter_length)
+    gram = torch.from_numpy(gram_matrix(corr[:, :m]))
     rhs = torch.from_numpy(corr[:, m:].transpose(0, 2, 1).reshape(m * length, m))  # R_ae(t)
     cl = nchan * length
     own_gram = torch.stack([gram.view(nsrc, cl, nsrc, cl)[j, :, j] for j in range(nsrc)])
@@ -438,14 +374,16 @@ def _projection_energies(
     out = np.empty((5, nsrc, nframes))
     for i in range(0, nframes, _PROJ_FRAMES_PER_STEP):
         sl = slice(i, i + _PROJ_FRAMES_PER_STEP)
-        r = _freq_major(scipy.fft.rfft(ref_frames[:, sl], n=nfft), (2, 1, 0))  # (F, T, M)
+        r = freq_major(scipy.fft.rfft(ref_frames[:, sl], n=nfft), (2, 1, 0))  # (F, T, M)
         spec = np.empty((5, *r.shape), dtype=np.complex128)  # the five spectra, then powers
         p_own, p_all, own_ref, all_own, est_all = spec
         r_src = r.reshape(*r.shape[:2], nsrc, nchan)
         p_own_src = p_own.reshape(r_src.shape)
         np.multiply(own_f[0], r_src, out=p_own_src)
         for d in range(1, nchan):  # the other channels of each stem, rotated into place
-            p_own_src += own_f[d] * np.roll(r_src, -d, axis=-1)
+            # (for stereo the rotation is a reversed view, so no copy)
+            rotated = r_src[..., ::-1] if nchan == 2 else np.roll(r_src, -d, axis=-1)
+            p_own_src += own_f[d] * rotated
         np.matmul(r, all_f, out=p_all)
         np.subtract(p_own, r, out=own_ref)
         np.subtract(p_all, p_own, out=all_own)
