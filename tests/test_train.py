@@ -137,6 +137,14 @@ def test_exported_card_separates(musdb_example, tmp_path):
     assert written == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     y, rate = sf.read(out / "mixture" / "vocals.wav")
     assert rate == 44100 and len(y) == sf.info(song).frames
+    # `separator evaluate --model` scores the same card through the real engine.
+    from separator.cli import main
+
+    report = tmp_path / "eval"
+    args = ["evaluate", str(musdb_example), "--model", str(card), "-o", str(report), "--no-plot"]
+    assert main(args) == 0
+    rows = (report / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:5]] == ["vocals", "drums", "bass", "other"]
 
 
 def test_non_finite_losses_stop_training(musdb_example, tmp_path, monkeypatch):
