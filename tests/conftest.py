@@ -34,19 +34,14 @@ def load_golden(name: str):
 def stempeg_example() -> dict:
     """Real multitrack audio: stempeg's example (6 s, 44.1 kHz, stereo), decoded with ffmpeg.
 
-    Returns {"mixture", "drums", "bass", "other", "vocals"} -> (channels, frames) float32, or
-    skips when stempeg or ffmpeg is missing.
+    {"mixture", "drums", "bass", "other", "vocals"} -> (channels, frames) float32, or a skip.
     """
     import numpy as np
+    from stems_example import example_stems
 
-    stempeg = pytest.importorskip("stempeg")
-    try:
-        audio, rate = stempeg.read_stems(stempeg.example_stem_path())
-    except Exception as e:  # ffmpeg missing or broken
-        pytest.skip(f"stempeg example unavailable: {e}")
+    stems, rate = example_stems()
     assert rate == 44100
-    names = ("mixture", "drums", "bass", "other", "vocals")  # stem order of .stem.mp4 files
-    return {n: np.ascontiguousarray(audio[i].T, dtype=np.float32) for i, n in enumerate(names)}
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in stems.items()}
 
 
 def write_musdb_folder(root: Path, tracks: dict[str, dict], subset: str = "train") -> Path:
