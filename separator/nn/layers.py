@@ -229,8 +229,11 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x + feed_forward(x): (batch, seq, dim) -> (batch, seq, dim)."""
         w1 = self._cache.get([self.net[1].weight, self.net[0].gamma], self._weights)
-        hidden = F.gelu(F.linear(unit_rms(x), w1, self.net[1].bias))
-        hidden = F.dropout(hidden, self.dropout, self.training)
+        hidden = F.linear(unit_rms(x), w1, self.net[1].bias)
+        if torch.is_grad_enabled():
+            hidden = F.dropout(F.gelu(hidden), self.dropout, self.training)
+        else:  # inference: in place, sparing a large allocation (and its page faults)
+            hidden = torch.ops.aten.gelu_(hidden)
         shape = x.shape
         out = torch.addmm(
             x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1]), self.net[4].weight.t()
