@@ -68,7 +68,10 @@ def fetch(
             return dest
         # A cached file that no longer matches is corrupt or tampered: never load it.
         dest.unlink()
-        warnings.warn(f"{dest} did not match sha256 {expected} (got {actual}); downloading again")
+        warnings.warn(
+            f"{dest} did not match sha256 {expected} (got {actual}); downloading again",
+            stacklevel=2,
+        )
     if _is_offline(offline):
         raise SeparatorError(
             f"offline mode: {dest} is missing; download {url} by hand and save it as {dest}"
@@ -223,7 +226,8 @@ def _pin(url: str, sha256: str, dest: Path) -> None:
     os.replace(tmp, path)  # atomic, so a crash never leaves a half-written pins file
     warnings.warn(
         f"{url}: no sha256 was published; pinned {sha256} for {dest.name} in {path}, "
-        "later downloads must match it"
+        "later downloads must match it",
+        stacklevel=3,  # point at fetch()'s caller
     )
 
 

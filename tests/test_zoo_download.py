@@ -148,9 +148,7 @@ def test_404(server: Server, cache: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["argument", "env"])
-def test_offline(
-    server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
+def test_offline(server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     if how == "env":
         monkeypatch.setenv("SEPARATOR_OFFLINE", "1")
     with pytest.raises(SeparatorError) as err:
@@ -210,3 +208,11 @@ def test_unsafe_file_name(cache: Path, url: str) -> None:
 def test_bad_hash_argument(cache: Path) -> None:
     with pytest.raises(SeparatorError, match="64 hex"):
         zoo.fetch("http://127.0.0.1/x.bin", "nothex")
+
+
+def test_part_too_long_restarts(server: Server, cache: Path) -> None:
+    # A .part as long as the file gets 416 for its Range; it is discarded and fetched again.
+    (cache / "model.bin.part").write_bytes(b"x" * len(PAYLOAD))
+    path = zoo.fetch(server.url(), SHA, progress=False)
+    assert [r[1] for r in server.requests] == [f"bytes={len(PAYLOAD)}-", None]
+    assert path.read_bytes() == PAYLOAD
