@@ -1,0 +1,253 @@
+"""Model zoo: a safe downloader for model weights.
+
+A file is used only after its sha256 has been checked. When a card publishes no hash, the first
+download is pinned in `cache_dir()/pins.json` (trust on first use) and every later use is checked
+against that pin. Downloads go to `<dest>.part` and are renamed into place only once verified, so
+a half-written or tampered file is never loaded. An interrupted download resumes with HTTP Range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from platformdirs import user_cache_dir
+
+from separator.errors import SeparatorError
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 30.0
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_OFFLINE_HINT = "download it by hand to {dest}, or set SEPARATOR_OFFLINE=1 to use the cache only"
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: `$SEPARATOR_CACHE`, else the platform's user cache dir."""
+    env = os.environ.get("SEPARATOR_CACHE")
+    return Path(env) if env else Path(user_cache_dir("separator"))
+
+
+def verify(path: Path, sha256: str) -> bool:
+    """True if the file at `path` has the given sha256 (hex, case-insensitive)."""
+    return _sha256_of(Path(path)) == sha256.strip().lower()
+
+
+def fetch(
+    url: str,
+    sha256: str | None,
+    *,
+    dest: Path | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Path:
+    """Return the local path of the file at `url`, downloading and verifying it if needed.
+
+    `sha256` is the published hash; None means "not published", in which case the hash of the
+    first download is pinned and later calls are checked against the pin.
+    """
+    _check_scheme(url)
+    expected = _check_hash_arg(url, sha256) or _load_pins().get(url)
+    dest = Path(dest) if dest is not None else cache_dir() / _file_name(url)
+    if dest.is_file():
+        actual = _sha256_of(dest)
+        if expected is None:
+            _pin(url, actual, dest)
+            return dest
+        if actual == expected:
+            return dest
+        # A cached file that no longer matches is corrupt or tampered: never load it.
+        dest.unlink()
+        warnings.warn(
+            f"{dest} did not match sha256 {expected} (got {actual}); downloading again",
+            stacklevel=2,
+        )
+    if _is_offline(offline):
+        raise SeparatorError(
+            f"offline mode: {dest} is missing; download {url} by hand and save it as {dest}"
+        )
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _download(url, part, dest, progress)
+    actual = _sha256_of(part)
+    if expected is None:
+        _pin(url, actual, dest)
+    elif actual != expected:
+        part.unlink()
+        raise SeparatorError(
+            f"{url}: sha256 mismatch: expected {expected}, got {actual}; the download was "
+            "deleted. Check the URL and hash in the model card"
+        )
+    os.replace(part, dest)  # atomic: dest only ever holds a verified file
+    return dest
+
+
+# --- download --------------------------------------------------------------------------------
+def _download(url: str, part: Path, dest: Path, progress: bool, *, retried: bool = False) -> None:
+    """Download `url` into `part`, resuming from its current size when the server allows."""
+    start = part.stat().st_size if part.is_file() else 0
+    headers = {"Range": f"bytes={start}-"} if start else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and start and not retried:
+            # The .part is not a prefix of the current file (it is too long): start over.
+            part.unlink()
+            return _download(url, part, dest, progress, retried=True)
+        raise SeparatorError(
+            f"{url}: HTTP {e.code} {e.reason}; check the URL in the model card"
+        ) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        hint = _OFFLINE_HINT.format(dest=dest)
+        raise SeparatorError(f"cannot download {url} ({reason}); {hint}") from None
+    with response:
+        offset = _resume_offset(response, start)
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        got, dropped = _copy(response, part, offset, total, progress, dest.name)
+    if dropped and total is None:
+        raise SeparatorError(
+            f"{url}: connection dropped after {got} bytes; {part} was kept, run again to resume"
+        )
+    if total is not None and got < total:
+        raise SeparatorError(
+            f"{url}: truncated: got {got} of {total} bytes; {part} was kept, run again to resume"
+        )
+
+
+def _resume_offset(response: http.client.HTTPResponse, start: int) -> int:
+    """Byte offset the response body starts at: `start` for a matching 206, else 0."""
+    if response.status != 206:
+        return 0  # the server ignored Range (200): restart from zero
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    if match is None or int(match.group(1)) != start:
+        raise SeparatorError(
+            f"{response.url}: server answered a resume with a wrong Content-Range "
+            f"({response.headers.get('Content-Range')!r}); delete the .part file and retry"
+        )
+    return start
+
+
+def _copy(
+    response: http.client.HTTPResponse,
+    part: Path,
+    offset: int,
+    total: int | None,
+    progress: bool,
+    label: str,
+) -> tuple[int, bool]:
+    """Write the body into `part` from `offset`; return (bytes now in it, connection dropped)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    console = Console(stderr=True)
+    bar = Progress(
+        "{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=console, disable=not (progress and sys.stderr.isatty()), transient=True,
+    )  # fmt: skip
+    got, dropped = offset, False
+    with bar, open(part, "r+b" if offset else "wb") as f:
+        f.truncate(offset)
+        f.seek(offset)
+        task = bar.add_task(label, total=total, completed=offset)
+        while True:
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException):
+                # A dropped connection leaves a valid prefix in `part`, kept for resume.
+                dropped = True
+                break
+            if not chunk:
+                break
+            f.write(chunk)
+            got += len(chunk)
+            bar.update(task, completed=got)
+    return got, dropped
+
+
+# --- hashes and pins -------------------------------------------------------------------------
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_hash_arg(url: str, sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    value = sha256.strip().lower()
+    if not _SHA256.fullmatch(value):
+        raise SeparatorError(
+            f"{url}: sha256 {sha256!r} is not 64 hex digits; fix the hash in the model card"
+        )
+    return value
+
+
+def _pins_path() -> Path:
+    return cache_dir() / "pins.json"
+
+
+def _load_pins() -> dict[str, str]:
+    path = _pins_path()
+    if not path.is_file():
+        return {}
+    try:
+        pins = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SeparatorError(f"{path}: unreadable pins file ({e}); delete it to re-pin") from None
+    if not isinstance(pins, dict):
+        raise SeparatorError(f"{path}: pins file is not a JSON object; delete it to re-pin")
+    return pins
+
+
+def _pin(url: str, sha256: str, dest: Path) -> None:
+    """Record `sha256` for `url` so later uses are verified against it (trust on first use)."""
+    pins = _load_pins()
+    pins[url] = sha256
+    path = _pins_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pins.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(pins, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)  # atomic, so a crash never leaves a half-written pins file
+    warnings.warn(
+        f"{url}: no sha256 was published; pinned {sha256} for {dest.name} in {path}, "
+        "later downloads must match it",
+        stacklevel=3,  # point at fetch()'s caller
+    )
+
+
+# --- names and modes -------------------------------------------------------------------------
+def _file_name(url: str) -> str:
+    """The last component of the URL path, refused unless it is one safe file name."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    if not _SAFE_NAME.fullmatch(name) or name.endswith(".part") or name == "pins.json":
+        raise SeparatorError(
+            f"{url}: {name!r} is not a safe file name; pass dest= to choose where to save it"
+        )
+    return name
+
+
+def _check_scheme(url: str) -> None:
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise SeparatorError(f"{url}: only http(s) URLs can be downloaded; fix the model card")
+
+
+def _is_offline(offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return os.environ.get("SEPARATOR_OFFLINE", "").strip().lower() in ("1", "true", "yes")
