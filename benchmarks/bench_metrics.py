@@ -5,7 +5,8 @@ Usage: python3 benchmarks/bench_metrics.py [--repeats 3] [--seconds 180]
 The track is the stempeg example's real stems (6 s) looped to length; the estimates add
 leakage, a delay, filtering and in-band noise. Each measurement runs in a fresh process that
 loads the same .npy files; the peak memory is the kernel's peak RSS (reset just before the call)
-minus the RSS before the call, i.e. what the call itself adds. Methods are interleaved per repeat so that they share the machine's load; medians.
+minus the RSS before the call, i.e. what the call itself adds. Methods are interleaved per
+repeat so that they share the machine's load; medians.
 """
 
 from __future__ import annotations
@@ -93,8 +94,15 @@ def worker(method: str, folder: Path) -> None:
     wall = time.perf_counter() - start
     peak = peak_bytes()
     sdr = np.asarray(out[0] if method != "sdr_only" else out)
-    print(json.dumps({"wall_s": wall, "peak_mb": (peak - before) / 2**20,
-                      "median_sdr": float(np.nanmedian(sdr))}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "peak_mb": (peak - before) / 2**20,
+                "median_sdr": float(np.nanmedian(sdr)),
+            }
+        )
+    )
 
 
 def machine_info() -> str:
@@ -109,9 +117,11 @@ def machine_info() -> str:
                 break
     import importlib.metadata as md
 
-    return (f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; load {os.getloadavg()}; "
-            f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}"
-            f", museval {md.version('museval')}, torch threads {torch.get_num_threads()}")  # fmt: skip
+    return (
+        f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; load {os.getloadavg()}; "
+        f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}"
+        f", museval {md.version('museval')}, torch threads {torch.get_num_threads()}"
+    )
 
 
 def main() -> None:
@@ -134,15 +144,19 @@ def main() -> None:
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 results[method].append(json.loads(out.strip().splitlines()[-1]))
                 print(f"repeat {r} {method}: {results[method][-1]}", flush=True)
-    med = {m: {k: statistics.median(x[k] for x in v) for k in ("wall_s", "peak_mb")}
-           for m, v in results.items()}  # fmt: skip
+    med = {
+        m: {k: statistics.median(x[k] for x in v) for k in ("wall_s", "peak_mb")}
+        for m, v in results.items()
+    }
     base = med["museval"]
     print(f"\n{args.seconds:.0f} s, 4 stereo stems, median of {args.repeats}:")
     print("| method | wall time (s) | speed-up | peak memory (MB) | memory vs museval |")
     print("|---|---|---|---|---|")
     for m, v in med.items():
-        print(f"| {m} | {v['wall_s']:.2f} | {base['wall_s'] / v['wall_s']:.1f}x | "
-              f"{v['peak_mb']:.0f} | {v['peak_mb'] / base['peak_mb']:.3f} |")  # fmt: skip
+        print(
+            f"| {m} | {v['wall_s']:.2f} | {base['wall_s'] / v['wall_s']:.1f}x | "
+            f"{v['peak_mb']:.0f} | {v['peak_mb'] / base['peak_mb']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

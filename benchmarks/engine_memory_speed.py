@@ -99,9 +99,11 @@ def machine_info() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} cores; python "
-            f"{platform.python_version()}; torch {torch.__version__}; threads "
-            f"{os.environ.get('BENCH_THREADS', '2')}")  # fmt: skip
+    return (
+        f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} cores; python "
+        f"{platform.python_version()}; torch {torch.__version__}; threads "
+        f"{os.environ.get('BENCH_THREADS', '2')}"
+    )
 
 
 def main() -> None:
@@ -130,9 +132,13 @@ def main() -> None:
             reps = args.long_repeats if minutes >= 30 else args.repeats
             for mode in modes:
                 runs = [measure(mode, src, Path(tmp) / "out") for _ in range(reps)]
-                row = {"mode": mode, "minutes": minutes, "repeats": reps,
-                       "seconds": statistics.median(r["seconds"] for r in runs),
-                       "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs)}  # fmt: skip
+                row = {
+                    "mode": mode,
+                    "minutes": minutes,
+                    "repeats": reps,
+                    "seconds": statistics.median(r["seconds"] for r in runs),
+                    "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             src.unlink()
@@ -149,11 +155,22 @@ def report(rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for m, r in ours.items():
         b = msst.get(m)
-        cells = [f"{m:g} min", f"{r['peak_rss_mb']:.0f} MB", f"{r['seconds']:.1f} s",
-                 f"{r['seconds'] / (60 * m):.3f}"]  # fmt: skip
-        cells += ([f"{b['peak_rss_mb']:.0f} MB", f"{b['seconds']:.1f} s",
-                   f"{b['peak_rss_mb'] / r['peak_rss_mb']:.2f}×",
-                   f"{r['seconds'] / b['seconds']:.2f}×"] if b else ["-"] * 4)  # fmt: skip
+        cells = [
+            f"{m:g} min",
+            f"{r['peak_rss_mb']:.0f} MB",
+            f"{r['seconds']:.1f} s",
+            f"{r['seconds'] / (60 * m):.3f}",
+        ]
+        cells += (
+            [
+                f"{b['peak_rss_mb']:.0f} MB",
+                f"{b['seconds']:.1f} s",
+                f"{b['peak_rss_mb'] / r['peak_rss_mb']:.2f}×",
+                f"{r['seconds'] / b['seconds']:.2f}×",
+            ]
+            if b
+            else ["-"] * 4
+        )
         print("| " + " | ".join(cells) + " |")
     lo, hi = min(ours), max(ours)
     print(

@@ -66,8 +66,9 @@ class _Pipeline:
     A mono model on stereo input runs one engine per channel, so stereo stays stereo.
     """
 
-    def __init__(self, sep: Separator, in_rate: int, in_channels: int, plans: list[StemPlan],
-                 where: str) -> None:  # fmt: skip
+    def __init__(
+        self, sep: Separator, in_rate: int, in_channels: int, plans: list[StemPlan], where: str
+    ) -> None:
         model_ch = sep.model.audio_channels
         if in_channels not in (1, 2):
             raise SeparatorError(
@@ -103,8 +104,10 @@ class _Pipeline:
 
     def _step(self, block: np.ndarray, *, last: bool) -> dict[str, np.ndarray]:
         if self.split:
-            parts = [self._run_engine(e, r, block[:, c:c + 1], last)
-                     for c, (e, r) in enumerate(zip(self.engines, self.downs))]  # fmt: skip
+            parts = [
+                self._run_engine(e, r, block[:, c : c + 1], last)
+                for c, (e, r) in enumerate(zip(self.engines, self.downs))
+            ]
             y = torch.cat(parts, dim=1)  # (K, 2, m): one channel from each engine
         else:
             x = np.repeat(block, 2, axis=1) if self.duplicate else block
@@ -122,8 +125,9 @@ class _Pipeline:
         self.n_out += len(out)
         return self._assemble(out.reshape(len(out), k, c))
 
-    def _run_engine(self, engine: StreamingEngine, down: Resampler, x: np.ndarray,
-                    last: bool) -> Tensor:  # fmt: skip
+    def _run_engine(
+        self, engine: StreamingEngine, down: Resampler, x: np.ndarray, last: bool
+    ) -> Tensor:
         """(n, C) input-rate samples -> (K needed stems, C, m) model-rate output, finished."""
         xm = down(x, last=last)
         y = engine.push(torch.from_numpy(np.ascontiguousarray(xm.T)))
@@ -156,8 +160,13 @@ class _Pipeline:
             need -= take
         return np.concatenate(parts) if parts else np.zeros((0, self.in_channels), np.float32)
 
-    def run(self, blocks: Iterator[np.ndarray], sink: Callable[[dict[str, np.ndarray]], None],
-            total: int | None = None, progress: Progress | None = None) -> None:  # fmt: skip
+    def run(
+        self,
+        blocks: Iterator[np.ndarray],
+        sink: Callable[[dict[str, np.ndarray]], None],
+        total: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """Drive the pipeline over all `blocks`, handing each output dict to `sink`."""
         for block in blocks:
             sink(self.push(block))
@@ -177,10 +186,18 @@ class Separator:
     channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`.
     """
 
-    def __init__(self, model: nn.Module, *, device: str | torch.device = "auto",
-                 overlap: float = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
-                 chunk_size: int | None = None, precision: str = "fp32", tta: bool = False,
-                 compile: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        overlap: float = DEFAULT_OVERLAP,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_size: int | None = None,
+        precision: str = "fp32",
+        tta: bool = False,
+        compile: bool = False,
+    ) -> None:
         check_model(model)
         check_stem_names(model.stems)
         if precision not in PRECISIONS:
@@ -198,8 +215,9 @@ class Separator:
         self.new_engine()  # validate overlap / batch size / chunk size now, not mid-file
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, config: str | os.PathLike | None = None,
-                        **kwargs) -> Separator:  # fmt: skip
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, *, config: str | os.PathLike | None = None, **kwargs
+    ) -> Separator:
         """Load a model (see `load_pretrained`) and wrap it; `kwargs` go to `Separator`."""
         return cls(load_pretrained(name_or_path, config=config), **kwargs)
 
@@ -215,13 +233,19 @@ class Separator:
 
     def new_engine(self) -> StreamingEngine:
         """A fresh streaming engine with this separator's settings (one per stream)."""
-        engine = StreamingEngine(self._forward, overlap=self.overlap, batch_size=self.batch_size,
-                                 chunk_size=self.chunk_size, device=self.device,
-                                 autocast_dtype=self.autocast_dtype)  # fmt: skip
+        engine = StreamingEngine(
+            self._forward,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            chunk_size=self.chunk_size,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
+        )
         return engine
 
-    def separate_tensor(self, wav: Tensor, sample_rate: int,
-                        stems: str | Sequence[str] | None = None) -> dict[str, Tensor]:  # fmt: skip
+    def separate_tensor(
+        self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         """Separate a (channels, time) or (time,) waveform at `sample_rate`.
 
         Returns {stem: (channels, time)} float32 CPU tensors at `sample_rate`, same shape as `wav`
@@ -244,11 +268,19 @@ class Separator:
         result = {k: torch.from_numpy(np.concatenate(v).T.copy()) for k, v in parts.items()}
         return {k: v[0] if squeeze else v for k, v in result.items()}
 
-    def separate_file(self, path: str | os.PathLike, stems: str | Sequence[str] | None = None, *,
-                      output_dir: str | os.PathLike = "separated",
-                      filename: str = DEFAULT_FILENAME, fmt: str = "wav", bits: int = 24,
-                      clip: str = "rescale", force: bool = False,
-                      progress: Progress | None = None) -> dict[str, Path]:  # fmt: skip
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        stems: str | Sequence[str] | None = None,
+        *,
+        output_dir: str | os.PathLike = "separated",
+        filename: str = DEFAULT_FILENAME,
+        fmt: str = "wav",
+        bits: int = 24,
+        clip: str = "rescale",
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Path]:
         """Separate one audio file, streaming; returns {stem: written path}.
 
         Output files keep the input's sample rate, channels and length. Each is written to a
@@ -267,9 +299,13 @@ class Separator:
         writers: dict[str, StemWriter] = {}
         try:
             for name, target in targets.items():
-                writers[name] = StemWriter(target, source.sample_rate, source.channels,
-                                           fmt=fmt, bits=bits, clip=clip)  # fmt: skip
-            sink = lambda out: [writers[k].write(v) for k, v in out.items()]
+                writers[name] = StemWriter(
+                    target, source.sample_rate, source.channels, fmt=fmt, bits=bits, clip=clip
+                )
+
+            def sink(out):
+                return [writers[k].write(v) for k, v in out.items()]
+
             pipe.run(source.blocks(), sink, total=source.frames, progress=progress)
         except BaseException:
             for writer in reversed(writers.values()):  # the first one made the folders
@@ -282,8 +318,9 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def load_pretrained(name_or_path: str | os.PathLike,
-                    config: str | os.PathLike | None = None) -> nn.Module:  # fmt: skip
+def load_pretrained(
+    name_or_path: str | os.PathLike, config: str | os.PathLike | None = None
+) -> nn.Module:
     """Build a model from a model card / MSST YAML, a checkpoint plus `config`, or a folder.
 
     A `.yaml` path is a config or model card; a checkpoint path (.ckpt/.pth/.pt/.safetensors)
@@ -326,8 +363,9 @@ def track_name(path: Path) -> str:
     return name.removesuffix(".stem")
 
 
-def output_paths(path: Path, stems: Sequence[str], output_dir: Path, filename: str,
-                 fmt: str) -> dict[str, Path]:  # fmt: skip
+def output_paths(
+    path: Path, stems: Sequence[str], output_dir: Path, filename: str, fmt: str
+) -> dict[str, Path]:
     """Fill the `--filename` template for every stem; each result must stay in `output_dir`."""
     root = output_dir.resolve()
     paths = {}

@@ -59,7 +59,8 @@ class AudioSource:
             if not np.isfinite(block).all():
                 at = total + int(np.argwhere(~np.isfinite(block))[0, 0])
                 raise SeparatorError(
-                    f"{self.path}: contains NaN or infinite samples (first at {at / self.sample_rate:.3f} s)"
+                    f"{self.path}: contains NaN or infinite samples "
+                    f"(first at {at / self.sample_rate:.3f} s)"
                 )
             total += len(block)
             yield block
@@ -108,8 +109,18 @@ def _open_with_ffmpeg(path: Path, soundfile_error: str) -> AudioSource:
             f"{path}: cannot read this audio ({soundfile_error.strip()}); soundfile reads "
             f"{SOUNDFILE_FORMATS}, install ffmpeg for other formats"
         )
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-           "stream=sample_rate,channels,duration", "-of", "json", str(path)]  # fmt: skip
+    cmd = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "stream=sample_rate,channels,duration",
+        "-of",
+        "json",
+        str(path),
+    ]
     probe = subprocess.run(cmd, check=False, capture_output=True, text=True)
     streams = json.loads(probe.stdout or "{}").get("streams", []) if probe.returncode == 0 else []
     if not streams:
@@ -124,8 +135,21 @@ def _open_with_ffmpeg(path: Path, soundfile_error: str) -> AudioSource:
 
 
 def _ffmpeg_blocks(path: Path, channels: int, block_frames: int) -> Iterator[np.ndarray]:
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0",
-           "-f", "f32le", "-acodec", "pcm_f32le", "-"]  # fmt: skip
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
     # stderr goes to a file so that a chatty decoder cannot fill the pipe and stall us.
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
@@ -187,8 +211,16 @@ class StemWriter:
     wrap around).
     """
 
-    def __init__(self, path: Path, sample_rate: int, channels: int, *, fmt: str = "wav",
-                 bits: int = 24, clip: str = "rescale") -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        sample_rate: int,
+        channels: int,
+        *,
+        fmt: str = "wav",
+        bits: int = 24,
+        clip: str = "rescale",
+    ) -> None:
         if clip not in CLIP_MODES:
             raise SeparatorError(f"unknown --clip {clip!r}; choose one of {', '.join(CLIP_MODES)}")
         self.path, self.sample_rate, self.channels = path, sample_rate, channels

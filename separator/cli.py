@@ -124,15 +124,27 @@ def evaluate_cmd(
 
     # SeparatorError propagates: `_run` prints it as one "error: ..." line and returns 2.
     report = evaluate_dataset(
-        root, output, estimates=estimates, model=model, subset=subset, tracks=tracks,
-        metrics=metrics, device=device, plot=plot,
-    )  # fmt: skip
+        root,
+        output,
+        estimates=estimates,
+        model=model,
+        subset=subset,
+        tracks=tracks,
+        metrics=metrics,
+        device=device,
+        plot=plot,
+    )
     typer.echo((report.output_dir / "summary.md").read_text().rstrip())
-    typer.echo(f"scored {len(report.scored)}, resumed {len(report.skipped)}; "
-               f"results in {report.output_dir}")  # fmt: skip
+    typer.echo(
+        f"scored {len(report.scored)}, resumed {len(report.skipped)}; "
+        f"results in {report.output_dir}"
+    )
     if report.ill_conditioned:
-        typer.echo(f"note: ill-conditioned projections (ISR/SIR/SAR less exact) in "
-                   f"{len(report.ill_conditioned)} track(s)", err=True)  # fmt: skip
+        typer.echo(
+            f"note: ill-conditioned projections (ISR/SIR/SAR less exact) in "
+            f"{len(report.ill_conditioned)} track(s)",
+            err=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +184,23 @@ def console_main() -> None:  # pragma: no cover - thin wrapper for the console s
 # --- separate ---------------------------------------------------------------------------------
 # `separate INPUT...`: the main job. Thin over `separator.api.Separator`; per-file errors are
 # reported as one line each, the other files still run, and the exit code is 2 if any failed.
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aif", ".aiff",
-                  ".mp4", ".wma", ".webm", ".mka", ".oga", ".wv"}  # fmt: skip
+AUDIO_SUFFIXES = {
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".opus",
+    ".aif",
+    ".aiff",
+    ".mp4",
+    ".wma",
+    ".webm",
+    ".mka",
+    ".oga",
+    ".wv",
+}
 
 separate_app = typer.Typer(
     name="separate",
@@ -250,8 +277,15 @@ def separate_cmd(
     except SeparatorError as e:
         raise fail(str(e)) from None
     files, failures = _expand_inputs(inputs)
-    options = {"stems": stems, "output_dir": output, "filename": filename, "fmt": fmt,
-               "bits": bits, "clip": clip, "force": force}  # fmt: skip
+    options = {
+        "stems": stems,
+        "output_dir": output,
+        "filename": filename,
+        "fmt": fmt,
+        "bits": bits,
+        "clip": clip,
+        "force": force,
+    }
     failures += _separate_files(sep, files, options, jobs=jobs, quiet=quiet)
     if failures:
         raise typer.Exit(2)
@@ -275,9 +309,11 @@ def _expand_inputs(inputs: list[Path]) -> tuple[list[Path], int]:
     files, failures = [], 0
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-                           and not p.name.startswith("."))  # fmt: skip
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
+            )
             if not found:
                 typer.echo(f"error: {path}: folder holds no audio files", err=True)
                 failures += 1
@@ -299,8 +335,13 @@ def _separate_files(sep, files: list[Path], options: dict, *, jobs: int, quiet: 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True, quiet=quiet, highlight=False)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeRemainingColumn(), TextColumn("RTF {task.fields[rtf]}"))  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        TextColumn("RTF {task.fields[rtf]}"),
+    )
     with Progress(*columns, console=console, transient=True) as bars:
 
         def one(path: Path) -> bool:
@@ -313,8 +354,9 @@ def _separate_files(sep, files: list[Path], options: dict, *, jobs: int, quiet: 
 
             try:
                 rate = _sample_rate(path)
-                written = sep.separate_file(path, progress=lambda d, t: progress(d, t, rate),
-                                            **options)  # fmt: skip
+                written = sep.separate_file(
+                    path, progress=lambda d, t: progress(d, t, rate), **options
+                )
             except SeparatorError as e:
                 bars.remove_task(task)
                 typer.echo(f"error: {e}", err=True)  # one plain line, even with --quiet
@@ -323,8 +365,12 @@ def _separate_files(sep, files: list[Path], options: dict, *, jobs: int, quiet: 
             seconds = time.perf_counter() - start
             stems = ", ".join(written)
             folder = _common_folder(list(written.values()))
-            console.print(f"{path.name} → {folder}: {stems} ({seconds:.1f} s, "
-                          f"RTF {_rtf(seconds, _frames(path), rate)})", markup=False, soft_wrap=True)  # fmt: skip
+            console.print(
+                f"{path.name} → {folder}: {stems} ({seconds:.1f} s, "
+                f"RTF {_rtf(seconds, _frames(path), rate)})",
+                markup=False,
+                soft_wrap=True,
+            )
             return True
 
         if jobs == 1:
@@ -336,7 +382,7 @@ def _separate_files(sep, files: list[Path], options: dict, *, jobs: int, quiet: 
 
 
 def _rtf(seconds: float, frames: int | None, rate: int) -> str:
-    """Real-time factor: processing seconds per second of audio (below 1 = faster than real time)."""
+    """Real-time factor: processing seconds per audio second (below 1: faster than real time)."""
     if not frames or rate <= 1:
         return "-"
     return f"{seconds / (frames / rate):.2f}"

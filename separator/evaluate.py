@@ -343,9 +343,9 @@ def write_summary(rows: list[dict[str, Any]], out_dir: Path, metrics: str) -> No
     keys = list(rows[0])
     lines = [
         (
-            f"Evaluation ({'all v4 metrics' if metrics == 'all' else 'SDR'}), dB: cSDR = median over "
-            "tracks of the median over 1 s frames (museval); global SDR = MDX definition, mean over "
-            "tracks."
+            f"Evaluation ({'all v4 metrics' if metrics == 'all' else 'SDR'}), dB: "
+            "cSDR = median over tracks of the median over 1 s frames (museval); "
+            "global SDR = MDX definition, mean over tracks."
         ),
         "",
         "| " + " | ".join(keys) + " |",

@@ -98,7 +98,10 @@ def brute_force_v4(ref: np.ndarray, est: np.ndarray, window: int, hop: int, leng
             ee = np.stack([pad(e[j, c]) for c in range(nchan)])
             pa = np.stack([basis(r, range(nsrc)) @ h_all[j][c] for c in range(nchan)])
             po = np.stack([basis(r, [j]) @ h_own[j][c] for c in range(nchan)])
-            energy = lambda x: np.sum(x**2)
+
+            def energy(x):
+                return np.sum(x**2)
+
             out[:, j, t] = 10 * np.log10([
                 energy(s) / energy(ee - s), energy(s) / energy(po - s),
                 energy(po) / energy(pa - po), energy(pa) / energy(ee - pa),
