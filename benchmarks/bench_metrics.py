@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_info
 
 METHODS = ("museval", "bss_eval", "sdr_only")
 
@@ -105,25 +105,6 @@ def worker(method: str, folder: Path) -> None:
     )
 
 
-def machine_info() -> str:
-    import museval  # noqa: F401 - version below
-    import torch
-
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import importlib.metadata as md
-
-    return (
-        f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; load {os.getloadavg()}; "
-        f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}"
-        f", museval {md.version('museval')}, torch threads {torch.get_num_threads()}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -134,7 +115,9 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.folder)
         return
-    print(machine_info(), flush=True)
+    import importlib.metadata as md
+
+    print(machine_info(f"numpy {np.__version__}", f"museval {md.version('museval')}"), flush=True)
     results: dict[str, list[dict]] = {m: [] for m in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
         make_track(Path(tmp), args.seconds)

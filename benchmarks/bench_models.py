@@ -14,12 +14,11 @@ same run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import torch
+from machine import machine_info
 from torch.utils.flop_counter import FlopCounterMode
 
 SIZES = {"small": dict(dim=128, depth=6), "large": dict(dim=384, depth=6)}
@@ -90,19 +89,6 @@ def build(size: str):
     ours = BSRoformer(**cfg).eval()
     ref = Reference(**cfg, num_residual_streams=1).eval()
     return ours, ref
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}; "
-        f"threads {torch.get_num_threads()}; python {platform.python_version()}"
-    )
 
 
 def main() -> None:

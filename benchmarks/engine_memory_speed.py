@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, too
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info
 
 RATE = 44100
 CHUNK = 8 * RATE  # the usual 8 s training segment
@@ -92,20 +92,6 @@ def measure(mode: str, src: Path, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def machine_info() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} cores; python "
-        f"{platform.python_version()}; torch {torch.__version__}; threads "
-        f"{os.environ.get('BENCH_THREADS', '2')}"
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
@@ -118,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.input, args.out)
-    print(machine_info())
+    print(machine_info(f"child threads {os.environ.get('BENCH_THREADS', '2')}"))
     print(
         f"stub model, 2 stems, chunk {CHUNK} samples, overlap {OVERLAP}, batch 1, 16-bit WAV out",
         flush=True,
