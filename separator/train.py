@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -105,12 +106,12 @@ class Trainer:
         self.dist = init_distributed()
         self.out = Path(recipe.output_dir)
         torch.manual_seed(recipe.seed)
-        self.card = self._card()
+        self.card = self._card()  # what `export` writes: the recipe's own model arguments
         args = dict(recipe.model.args)
         if recipe.training.grad_checkpoint:
             args["use_torch_checkpoint"] = True
-        self.card = ModelCard(**{**self.card.__dict__, "model": args})
-        self.model = build_model(self.card).to(self.dist.device).train()
+        model = build_model(dataclasses.replace(self.card, model=args))
+        self.model = model.to(self.dist.device).train()
         self.config = self.model.config
         self.ema = EMA(self.model, recipe.training.ema_decay) if recipe.training.ema_decay else None
         t = recipe.training
@@ -320,22 +321,18 @@ class Trainer:
     def export(self, sdr: float) -> Path:
         """Model card + safetensors of the best weights, loadable with `separate --model`."""
         weights = self.out / "best.safetensors"
-        card = ModelCard(
-            **{
-                **self.card.__dict__,
-                "model": dict(self.recipe.model.args),
-                "weights": {
-                    "file": weights.name,
-                    "sha256": sha256_file(weights),
-                    "size": weights.stat().st_size,
-                },
-                "sdr": {
-                    "benchmark": "validation (global SDR, dB)",
-                    "mean": round(sdr, 3),
-                    "step": self.state["step"],
-                },
-                "path": None,
-            }
+        card = dataclasses.replace(
+            self.card,
+            weights={
+                "file": weights.name,
+                "sha256": sha256_file(weights),
+                "size": weights.stat().st_size,
+            },
+            sdr={
+                "benchmark": "validation (global SDR, dB)",
+                "mean": round(sdr, 3),
+                "step": self.state["step"],
+            },
         )
         path = self.out / f"{self.recipe.name}.yaml"
         save_card(card, path)

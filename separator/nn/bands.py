@@ -125,7 +125,6 @@ class BandGroups:
             for j, k in enumerate(g):
                 slot_of_band[k] = offset + j * w
             offset += len(g) * w
-        self.total_slots = offset
         self.slots = torch.cat(
             [
                 torch.arange(self.widths[k], device=_CPU) + slot_of_band[k]
