@@ -245,11 +245,9 @@ def musdb_to_folder(
     for subset in subsets:
         db = musdb.DB(root=str(root), subsets=subset, is_wav=False)
         for track in db.tracks:
-            folder = out / subset / track.name
-            folder.mkdir(parents=True, exist_ok=True)
-            sf.write(folder / "mixture.wav", track.audio, track.rate, subtype="FLOAT")
-            for name, target in track.sources.items():
-                sf.write(folder / f"{name}.wav", target.audio, track.rate, subtype="FLOAT")
+            stems = {"mixture": track.audio.T}
+            stems.update({name: src.audio.T for name, src in track.sources.items()})
+            write_track(out / subset / track.name, stems, int(track.rate))
     return out
 
 
@@ -283,8 +281,14 @@ def example_folder(out: str | Path) -> Path:
     }
     out = Path(out)
     for (subset, name), stems in tracks.items():
-        folder = out / subset / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for stem, x in stems.items():
-            sf.write(folder / f"{stem}.wav", np.ascontiguousarray(x.T), int(rate), subtype="FLOAT")
+        write_track(out / subset / name, stems, int(rate))
     return out
+
+
+def write_track(folder: Path, stems: dict[str, np.ndarray], sample_rate: int) -> None:
+    """Write {stem: (channels, frames)} as `folder/<stem>.wav` (float32 WAV), MUSDB18HQ style."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, audio in stems.items():
+        sf.write(
+            folder / f"{stem}.wav", np.ascontiguousarray(audio.T), sample_rate, subtype="FLOAT"
+        )

@@ -45,14 +45,11 @@ def stempeg_example() -> dict:
 
 
 def write_musdb_folder(root: Path, tracks: dict[str, dict], subset: str = "train") -> Path:
-    """Write {track name: {stem: (channels, frames)}} as a MUSDB18HQ-layout folder."""
-    import soundfile as sf
+    """Write {track name: {stem: (channels, frames)}} at 44.1 kHz as a MUSDB18HQ-layout folder."""
+    from separator.data import write_track
 
     for name, stems in tracks.items():
-        folder = root / subset / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for stem, audio in stems.items():
-            sf.write(folder / f"{stem}.wav", audio.T, 44100, subtype="FLOAT")
+        write_track(root / subset / name, stems, 44100)
     return root
 
 
