@@ -14,7 +14,16 @@ STEMS = ("vocals", "drums", "bass", "other")
 GAINS = (0.5, 0.25, 0.125, 0.125)  # sum to 1: the stems add up to the mixture
 
 
-class GainModel(nn.Module):
+class _Protocol(nn.Module):
+    """The engine's protocol attributes, shared by the test models."""
+
+    def __init__(self, sample_rate: int, chunk_size: int, audio_channels: int, stems) -> None:
+        super().__init__()
+        self.sample_rate, self.chunk_size = sample_rate, chunk_size
+        self.audio_channels, self.stems = audio_channels, tuple(stems)
+
+
+class GainModel(_Protocol):
     """Stem s = gains[s] * input: (B, C, T) -> (B, S, C, T). Gains of 1 make it an identity."""
 
     def __init__(
@@ -26,20 +35,14 @@ class GainModel(nn.Module):
         stems: tuple[str, ...] = STEMS,
         gains: tuple[float, ...] = GAINS,
     ) -> None:
-        super().__init__()
-        self.sample_rate, self.chunk_size, self.audio_channels = (
-            sample_rate,
-            chunk_size,
-            audio_channels,
-        )
-        self.stems = tuple(stems)
+        super().__init__(sample_rate, chunk_size, audio_channels, stems)
         self.register_buffer("gains", torch.tensor(gains, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return x.unsqueeze(1) * self.gains
 
 
-class ConvModel(nn.Module):
+class ConvModel(_Protocol):
     """Random per-stem filters: output depends on context, so chunking errors show up."""
 
     def __init__(
@@ -50,13 +53,7 @@ class ConvModel(nn.Module):
         audio_channels: int = 2,
         stems: tuple[str, ...] = STEMS,
     ) -> None:
-        super().__init__()
-        self.sample_rate, self.chunk_size, self.audio_channels = (
-            sample_rate,
-            chunk_size,
-            audio_channels,
-        )
-        self.stems = tuple(stems)
+        super().__init__(sample_rate, chunk_size, audio_channels, stems)
         torch.manual_seed(0)
         c, s = audio_channels, len(stems)
         self.conv = nn.Conv1d(c, s * c, kernel_size=31, padding=15)
