@@ -177,7 +177,96 @@ class _Pipeline:
             progress(self.n_out, self.n_out)
 
 
-class Separator:
+class SeparatorBase:
+    """What `Separator` and `Ensemble` share: separating tensors and files through a pipeline.
+
+    Subclasses give `stems` and `_pipeline(in_rate, in_channels, plans, where)`.
+    """
+
+    @property
+    def stems(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @property
+    def available_stems(self) -> list[str]:
+        """Every name `stems=` accepts: model stems, `instrumental`, `no_<stem>`."""
+        return available_stems(self.stems)
+
+    def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
+        raise NotImplementedError
+
+    def separate_tensor(
+        self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Separate a (channels, time) or (time,) waveform at `sample_rate`.
+
+        Returns {stem: (channels, time)} float32 CPU tensors at `sample_rate`, same shape as `wav`
+        ((time,) in, (time,) out). Same pipeline as `separate_file`, with one block.
+        """
+        squeeze = wav.dim() == 1
+        x = wav.detach().float().cpu()
+        x = x[None] if squeeze else x
+        if x.dim() != 2 or x.shape[-1] == 0:
+            raise SeparatorError(
+                f"expected a non-empty (channels, time) tensor, got {tuple(wav.shape)}"
+            )
+        if not torch.isfinite(x).all():
+            raise SeparatorError("input tensor contains NaN or infinite samples")
+        plans = resolve_stems(self.stems, stems)
+        pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
+        parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
+        block = np.ascontiguousarray(x.numpy().T)
+        pipe.run(iter([block]), lambda out: [parts[k].append(v) for k, v in out.items()])
+        result = {k: torch.from_numpy(np.concatenate(v).T.copy()) for k, v in parts.items()}
+        return {k: v[0] if squeeze else v for k, v in result.items()}
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        stems: str | Sequence[str] | None = None,
+        *,
+        output_dir: str | os.PathLike = "separated",
+        filename: str = DEFAULT_FILENAME,
+        fmt: str = "wav",
+        bits: int = 24,
+        clip: str = "rescale",
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Path]:
+        """Separate one audio file, streaming; returns {stem: written path}.
+
+        Output files keep the input's sample rate, channels and length. Each is written to a
+        temporary file and renamed at the end, so a failure or Ctrl-C leaves none behind; an
+        existing output is an error unless `force`.
+        """
+        path = Path(path)
+        plans = resolve_stems(self.stems, stems)
+        targets = output_paths(path, [p.name for p in plans], Path(output_dir), filename, fmt)
+        if not force:
+            for target in targets.values():
+                if target.exists():
+                    raise SeparatorError(f"{target}: already exists (pass --force to overwrite)")
+        source = open_audio(path)
+        pipe = self._pipeline(source.sample_rate, source.channels, plans, where=str(path))
+        writers: dict[str, StemWriter] = {}
+        try:
+            for name, target in targets.items():
+                writers[name] = StemWriter(
+                    target, source.sample_rate, source.channels, fmt=fmt, bits=bits, clip=clip
+                )
+
+            def sink(out):
+                return [writers[k].write(v) for k, v in out.items()]
+
+            pipe.run(source.blocks(), sink, total=source.frames, progress=progress)
+        except BaseException:
+            for writer in reversed(writers.values()):  # the first one made the folders
+                writer.abort()
+            raise
+        return {name: writer.commit() for name, writer in writers.items()}
+
+
+class Separator(SeparatorBase):
     """Separates audio with a model that follows the engine's protocol.
 
     `model`: any `nn.Module` with `forward((B, C, T)) -> (B, S, C, T)`, `sample_rate`, `stems`,
@@ -226,11 +315,6 @@ class Separator:
         """The model's own stems, in output order."""
         return tuple(self.model.stems)
 
-    @property
-    def available_stems(self) -> list[str]:
-        """Every name `stems=` accepts: model stems, `instrumental`, `no_<stem>`."""
-        return available_stems(self.model.stems)
-
     def new_engine(self) -> StreamingEngine:
         """A fresh streaming engine with this separator's settings (one per stream)."""
         engine = StreamingEngine(
@@ -243,75 +327,8 @@ class Separator:
         )
         return engine
 
-    def separate_tensor(
-        self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
-    ) -> dict[str, Tensor]:
-        """Separate a (channels, time) or (time,) waveform at `sample_rate`.
-
-        Returns {stem: (channels, time)} float32 CPU tensors at `sample_rate`, same shape as `wav`
-        ((time,) in, (time,) out). Same pipeline as `separate_file`, with one block.
-        """
-        squeeze = wav.dim() == 1
-        x = wav.detach().float().cpu()
-        x = x[None] if squeeze else x
-        if x.dim() != 2 or x.shape[-1] == 0:
-            raise SeparatorError(
-                f"expected a non-empty (channels, time) tensor, got {tuple(wav.shape)}"
-            )
-        if not torch.isfinite(x).all():
-            raise SeparatorError("input tensor contains NaN or infinite samples")
-        plans = resolve_stems(self.model.stems, stems)
-        pipe = _Pipeline(self, int(sample_rate), x.shape[0], plans, where="tensor")
-        parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
-        block = np.ascontiguousarray(x.numpy().T)
-        pipe.run(iter([block]), lambda out: [parts[k].append(v) for k, v in out.items()])
-        result = {k: torch.from_numpy(np.concatenate(v).T.copy()) for k, v in parts.items()}
-        return {k: v[0] if squeeze else v for k, v in result.items()}
-
-    def separate_file(
-        self,
-        path: str | os.PathLike,
-        stems: str | Sequence[str] | None = None,
-        *,
-        output_dir: str | os.PathLike = "separated",
-        filename: str = DEFAULT_FILENAME,
-        fmt: str = "wav",
-        bits: int = 24,
-        clip: str = "rescale",
-        force: bool = False,
-        progress: Progress | None = None,
-    ) -> dict[str, Path]:
-        """Separate one audio file, streaming; returns {stem: written path}.
-
-        Output files keep the input's sample rate, channels and length. Each is written to a
-        temporary file and renamed at the end, so a failure or Ctrl-C leaves none behind; an
-        existing output is an error unless `force`.
-        """
-        path = Path(path)
-        plans = resolve_stems(self.model.stems, stems)
-        targets = output_paths(path, [p.name for p in plans], Path(output_dir), filename, fmt)
-        if not force:
-            for target in targets.values():
-                if target.exists():
-                    raise SeparatorError(f"{target}: already exists (pass --force to overwrite)")
-        source = open_audio(path)
-        pipe = _Pipeline(self, source.sample_rate, source.channels, plans, where=str(path))
-        writers: dict[str, StemWriter] = {}
-        try:
-            for name, target in targets.items():
-                writers[name] = StemWriter(
-                    target, source.sample_rate, source.channels, fmt=fmt, bits=bits, clip=clip
-                )
-
-            def sink(out):
-                return [writers[k].write(v) for k, v in out.items()]
-
-            pipe.run(source.blocks(), sink, total=source.frames, progress=progress)
-        except BaseException:
-            for writer in reversed(writers.values()):  # the first one made the folders
-                writer.abort()
-            raise
-        return {name: writer.commit() for name, writer in writers.items()}
+    def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
+        return _Pipeline(self, in_rate, in_channels, plans, where)
 
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
@@ -319,22 +336,24 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def load_pretrained(
-    name_or_path: str | os.PathLike, config: str | os.PathLike | None = None
+    name_or_path: str | os.PathLike,
+    config: str | os.PathLike | None = None,
+    *,
+    offline: bool | None = None,
 ) -> nn.Module:
-    """Build a model from a model card / MSST YAML, a checkpoint plus `config`, or a folder.
+    """Build a model from a name, a model card / MSST YAML, a checkpoint plus `config`, or a folder.
 
-    A `.yaml` path is a config or model card; a checkpoint path (.ckpt/.pth/.pt/.safetensors)
-    needs `config`; a folder must hold exactly one card. Model names come with the model zoo.
+    A name is a card shipped in `models/` or `pretrained/` (`separator models list`); its weights
+    are downloaded on first use (sha256-checked; `offline` or SEPARATOR_OFFLINE=1 uses the cache
+    only). A `.yaml` path is a config or model card; a checkpoint path (.ckpt/.pth/.pt/
+    .safetensors) needs `config`; a folder must hold exactly one card.
     """
     target = Path(name_or_path)
     if target.suffix in YAML_SUFFIXES or target.suffix in CHECKPOINT_SUFFIXES or target.exists():
         if not target.exists():
             raise SeparatorError(f"{target}: no such model file")
     else:
-        raise SeparatorError(
-            f"unknown model {str(name_or_path)!r}; pass a model card or MSST config (.yaml), a "
-            "checkpoint (.ckpt/.pth/.pt/.safetensors) with --config, or a folder holding one card"
-        )
+        return _load_named(str(name_or_path), config, offline)
     if target.is_dir():
         cards = sorted(p for p in target.iterdir() if p.suffix in YAML_SUFFIXES)
         if len(cards) != 1:
@@ -355,6 +374,69 @@ def load_pretrained(
     if not Path(config).exists():
         raise SeparatorError(f"{config}: no such config file")
     return load_model(config, target)
+
+
+def _load_named(name: str, config, offline: bool | None) -> nn.Module:
+    from separator.checkpoints import load_model
+    from separator.registry import EnsembleCard, all_cards, weights_file
+
+    cards = all_cards()
+    card = cards.get(name)
+    if card is None:
+        raise SeparatorError(
+            f"unknown model {name!r}: not a file and not a known model name (see `separator "
+            "models list`); pass a name, a model card or MSST config (.yaml), a checkpoint "
+            "(.ckpt/.pth/.pt/.safetensors) with --config, or a folder holding one card"
+        )
+    if isinstance(card, EnsembleCard):
+        raise SeparatorError(f"{name} is an ensemble: load it with load_separator({name!r})")
+    if config is not None:
+        raise SeparatorError(f"{name}: a named model brings its own config; drop --config")
+    return load_model(card, weights_file(card, offline=offline))
+
+
+def load_separator(
+    model: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    *,
+    method: str | None = None,
+    weights: Sequence[float] | None = None,
+    offline: bool | None = None,
+    **kwargs,
+) -> SeparatorBase:
+    """A `Separator`, or an `Ensemble` for "a,b[,c]" or an ensemble card name.
+
+    No model and no config: the embedded default model. `method`/`weights` choose how an ensemble
+    combines its members (avg by default; an ensemble card's own choice otherwise); `kwargs` go to
+    every `Separator`.
+    """
+    from separator.registry import DEFAULT_MODEL, EnsembleCard, all_cards
+
+    if model is None and config is None:
+        model = DEFAULT_MODEL
+    elif model is None:  # a config alone names the model (a card, or an MSST YAML)
+        model, config = config, None
+    spec = str(model)
+    names = [m.strip() for m in spec.split(",") if m.strip()] if "," in spec else None
+    stem_models = None
+    card = None if names or Path(spec).exists() else all_cards().get(spec)
+    if isinstance(card, EnsembleCard):
+        names = list(card.models)
+        method = method or card.method
+        weights = weights if weights is not None else card.weights
+        stem_models = {s: [names.index(m) for m in ms] for s, ms in card.stem_models.items()}
+    if names is None:
+        if method is not None or weights is not None:
+            raise SeparatorError("--ensemble and --weights need several models: --model a,b")
+        return Separator(load_pretrained(spec, config=config, offline=offline), **kwargs)
+    if config is not None:
+        raise SeparatorError("--config applies to one checkpoint, not to an ensemble")
+    from separator.ensemble import Ensemble
+
+    members = [Separator(load_pretrained(n, offline=offline), **kwargs) for n in names]
+    return Ensemble(
+        members, method=method or "avg", weights=weights, stem_models=stem_models, names=names
+    )
 
 
 def track_name(path: Path) -> str:

@@ -104,7 +104,9 @@ def example_data_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     root: Annotated[Path, typer.Argument(help="MUSDB18HQ (wav) or MUSDB18 (.stem.mp4) root")],
-    model: Annotated[str | None, typer.Option(help="model card name or path")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model name, card or path; a,b for an ensemble")
+    ] = None,
     estimates: Annotated[
         Path | None, typer.Option(help="folder of estimates: DIR/<track>/<stem>.wav")
     ] = None,
@@ -118,6 +120,19 @@ def evaluate_cmd(
     metrics: Annotated[str, typer.Option(help="sdr (fast) or all (SDR, ISR, SIR, SAR)")] = "sdr",
     device: Annotated[str, typer.Option(help="device for --model: auto, cpu, cuda")] = "auto",
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="draw sdr_boxplot.png")] = True,
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="score a baseline instead: mixture, or scaled-mixture (oracle gain)"),
+    ] = None,
+    stems: Annotated[
+        str, typer.Option(help="reference stems (<stem>.wav beside mixture.wav)")
+    ] = "vocals,drums,bass,other",
+    stem_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stem-map", help="reference stem as a sum of model stems: rest=vocals+drums+bass"
+        ),
+    ] = None,
 ) -> None:
     """Score a model or a folder of estimates on MUSDB18(HQ): museval JSON, summary, box plot."""
     from separator.evaluate import evaluate_dataset
@@ -133,6 +148,9 @@ def evaluate_cmd(
         metrics=metrics,
         device=device,
         plot=plot,
+        stems=[x.strip() for x in stems.split(",") if x.strip()],
+        stem_map=_stem_map(stem_map or []),
+        baseline=baseline,
     )
     typer.echo((report.output_dir / "summary.md").read_text().rstrip())
     typer.echo(
@@ -145,6 +163,144 @@ def evaluate_cmd(
             f"{len(report.ill_conditioned)} track(s)",
             err=True,
         )
+
+
+def _stem_map(items: list[str]) -> dict[str, tuple[str, ...]]:
+    out = {}
+    for item in items:
+        name, sep, parts = item.partition("=")
+        sources = tuple(p.strip() for p in parts.split("+") if p.strip())
+        if not sep or not name.strip() or not sources:
+            raise SeparatorError(f"--stem-map {item!r}: expected NAME=stem[+stem...]")
+        out[name.strip()] = sources
+    return out
+
+
+# --- separator models ---------------------------------------------------------------------------
+models_app = typer.Typer(
+    help="Known models: list, show, download, verify, import.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list_cmd() -> None:
+    """Table of every known model: architecture, stems, reported SDR, size, cached or not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from separator.registry import EnsembleCard, all_cards, is_cached
+
+    table = Table("name", "architecture", "stems", "reported SDR (dB)", "size", "cached")
+    for name, card in all_cards().items():
+        if isinstance(card, EnsembleCard):
+            arch, size, cached = f"ensemble ({card.method})", "-", "-"
+            stems = "per member"
+        else:
+            arch, stems = card.architecture, ",".join(card.stems)
+            n = card.weights.get("size")
+            size = f"{n / 1e6:.0f} MB" if n else "?"
+            local = card.weights.get("file") and card.weights_path is not None
+            cached = "bundled" if local else ("yes" if is_cached(card) else "no")
+        table.add_row(name, arch, stems, _sdr_text(card.sdr), size, cached)
+    Console(width=200).print(table)
+
+
+def _sdr_text(sdr: dict) -> str:
+    figures = [f"{k} {v:.2f}" for k, v in sdr.items() if isinstance(v, int | float)]
+    bench = str(sdr.get("benchmark", "")).split("(")[0].strip()
+    return ", ".join(figures) + (f" [{bench}]" if figures and bench else "") if figures else "-"
+
+
+def _card(name: str):
+    from separator.registry import all_cards
+
+    card = all_cards().get(name)
+    if card is None:
+        raise SeparatorError(f"unknown model {name!r}; `separator models list` shows the names")
+    return card
+
+
+@models_app.command("show")
+def models_show_cmd(name: Annotated[str, typer.Argument(help="model name")]) -> None:
+    """Print a model's card and where its weights are."""
+    from separator.registry import EnsembleCard, cached_path
+
+    card = _card(name)
+    typer.echo(card.path.read_text().rstrip() if card.path else name)
+    if not isinstance(card, EnsembleCard):
+        path = cached_path(card)
+        state = "present" if path and path.is_file() else "not downloaded"
+        typer.echo(f"# weights: {path} ({state})")
+
+
+@models_app.command("download")
+def models_download_cmd(
+    names: Annotated[list[str], typer.Argument(help="model names (ensembles: their members)")],
+) -> None:
+    """Download and verify models' weights into the cache (SEPARATOR_CACHE overrides it)."""
+    from separator.registry import EnsembleCard, weights_file
+
+    for name in names:
+        card = _card(name)
+        members = [_card(m) for m in card.models] if isinstance(card, EnsembleCard) else [card]
+        for member in members:
+            typer.echo(f"{member.name}: {weights_file(member, offline=False)}")
+
+
+@models_app.command("verify")
+def models_verify_cmd(
+    names: Annotated[list[str], typer.Argument(help="model names")],
+) -> None:
+    """Re-hash cached weights against the card's sha256 (or the hash pinned at first download)."""
+    from separator.registry import cached_path
+    from separator.zoo import _load_pins, _sha256_of
+
+    bad = 0
+    for name in names:
+        card = _card(name)
+        path = cached_path(card) if hasattr(card, "weights") else None
+        if path is None or not path.is_file():
+            typer.echo(f"{name}: not downloaded ({path})")
+            bad += 1
+            continue
+        expected = card.weights.get("sha256") or _load_pins().get(card.weights.get("url", ""))
+        actual = _sha256_of(path)
+        if expected is None:
+            typer.echo(f"{name}: {path} sha256 {actual} (no published or pinned hash to compare)")
+        elif actual == expected.lower():
+            typer.echo(f"{name}: OK {path}")
+        else:
+            typer.echo(f"{name}: MISMATCH {path}: expected {expected}, got {actual}", err=True)
+            bad += 1
+    if bad:
+        raise typer.Exit(2)
+
+
+@models_app.command("import")
+def models_import_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="MSST checkpoint (.ckpt/.pth/.pt)")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="its MSST YAML config")],
+    name: Annotated[str, typer.Option(help="name to use with separate --model NAME")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="folder [default: user models folder]")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing import")] = False,
+) -> None:
+    """Import your own MSST checkpoint: strict-load check, then safetensors + card by NAME."""
+    from separator.cards import check_name
+    from separator.checkpoints import convert_checkpoint
+    from separator.registry import all_cards, user_models_dir
+
+    check_name(name, "model name")
+    existing = all_cards().get(name)
+    folder = output or user_models_dir()
+    if existing is not None and not (force and existing.path and existing.path.parent == folder):
+        raise SeparatorError(f"model name {name!r} is already used by {existing.path}")
+    weights, card = convert_checkpoint(
+        checkpoint, config, folder / f"{name}.safetensors", name=name, overwrite=force
+    )
+    typer.echo(f"imported {name}: {weights} and {card}; use: separate song.wav --model {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,9 +379,21 @@ def separate_cmd(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help="model card / MSST config (.yaml), checkpoint, or folder"
+            "--model",
+            "-m",
+            help="model name (separator models list), card / MSST config (.yaml), checkpoint, "
+            "or folder; a,b[,c] for an ensemble [default: the embedded model]",
         ),
     ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="ensemble weights, one per model: 2,1")
+    ] = None,
+    ensemble: Annotated[
+        str | None, typer.Option(help="ensemble method: avg (default), median, max_spec, min_spec")
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="never download: use cached weights only")
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="MSST YAML config for a checkpoint given with --model"),
@@ -266,6 +434,9 @@ def separate_cmd(
         sep = _load_separator(
             model,
             config,
+            method=ensemble,
+            weights=_floats(weights, "--weights"),
+            offline=True if offline else None,
             device=device,
             overlap=overlap,
             batch_size=batch_size,
@@ -292,16 +463,18 @@ def separate_cmd(
 
 
 def _load_separator(model: str | None, config: Path | None, **kwargs):
-    from separator.api import Separator
+    from separator.api import load_separator
 
-    if model is None and config is None:
-        raise SeparatorError(
-            "no model given: pass --model (a model card or MSST .yaml config, or "
-            "a checkpoint with --config)"
-        )
-    if model is None:  # a config alone names the model (a card, or an MSST YAML)
-        return Separator.from_pretrained(config, **kwargs)
-    return Separator.from_pretrained(model, config=config, **kwargs)
+    return load_separator(model, config, **kwargs)
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise SeparatorError(f"{option} {text!r}: expected numbers separated by commas") from None
 
 
 def _expand_inputs(inputs: list[Path]) -> tuple[list[Path], int]:

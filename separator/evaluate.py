@@ -27,11 +27,13 @@ from typing import Any, Protocol
 import numpy as np
 import soundfile as sf
 
+from separator.cards import check_name
 from separator.errors import SeparatorError
 from separator.metrics import IllConditionedWarning, bss_eval, framewise_sdr, sdr
 
 STEMS = ("vocals", "drums", "bass", "other")  # museval evaluates them jointly, in this order
 METRICS = ("SDR", "SIR", "ISR", "SAR")
+BASELINES = ("mixture", "scaled-mixture")
 MUSEVAL_VERSION = "0.4.1"  # the format version we write (museval/aggregate.py TrackStore)
 
 
@@ -89,14 +91,16 @@ def _musdb_tracks(root: Path, subset: str) -> list[Track]:
     return [Track(t.name, subset, t) for t in db.tracks]
 
 
-def load_track(track: Track) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+def load_track(
+    track: Track, stems: Sequence[str] = STEMS
+) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
     """Mixture (channels, time), references {stem: (channels, time)} and the sample rate."""
     if not isinstance(track.source, Path):  # a musdb Track: (time, channels) float64 arrays
-        refs = {s: track.source.targets[s].audio.T.astype(np.float32) for s in STEMS}
+        refs = {s: track.source.targets[s].audio.T.astype(np.float32) for s in stems}
         return track.source.audio.T.astype(np.float32), refs, int(track.source.rate)
     mixture, rate = _read_wav(track.source / "mixture.wav")
     refs = {}
-    for stem in STEMS:
+    for stem in stems:
         path = track.source / f"{stem}.wav"
         if not path.is_file():
             raise SeparatorError(f"{path}: missing reference stem")
@@ -107,7 +111,7 @@ def load_track(track: Track) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
 
 
 def load_estimates(
-    folder: Path, track: Track, rate: int, like: np.ndarray
+    folder: Path, track: Track, rate: int, like: np.ndarray, stems: Sequence[str] = STEMS
 ) -> dict[str, np.ndarray]:
     """Estimates {stem: (channels, time)} found for `track`, padded or cut to the reference.
 
@@ -118,7 +122,7 @@ def load_estimates(
     if track_dir is None:
         raise SeparatorError(f"{candidates[0]}: no estimates for track {track.name!r}")
     out = {}
-    for stem in STEMS:
+    for stem in stems:
         path = track_dir / f"{stem}.wav"
         if not path.is_file():
             continue
@@ -130,7 +134,7 @@ def load_estimates(
             )
         out[stem] = _fit_length(audio, like.shape[-1])
     if not out:
-        raise SeparatorError(f"{track_dir}: none of {', '.join(STEMS)} (.wav) found")
+        raise SeparatorError(f"{track_dir}: none of {', '.join(stems)} (.wav) found")
     return out
 
 
@@ -140,15 +144,39 @@ def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     return np.pad(audio, ((0, 0), (0, length - audio.shape[-1])))
 
 
-def separate_track(sep: TensorSeparator, mixture: np.ndarray, rate: int) -> dict[str, np.ndarray]:
-    """Estimates from a model for the stems it shares with MUSDB18."""
+def separate_track(
+    sep: TensorSeparator,
+    mixture: np.ndarray,
+    rate: int,
+    stems: Sequence[str] = STEMS,
+    stem_map: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Estimates from a model for the reference `stems` it has. `stem_map` builds a reference
+    stem from a sum of model stems (e.g. rest = vocals + drums + bass)."""
     import torch
 
-    out = sep.separate_tensor(torch.from_numpy(mixture), rate)
-    stems = {s: np.asarray(out[s], dtype=np.float32) for s in STEMS if s in out}
-    if not stems:
-        raise SeparatorError(f"the model's stems {tuple(sep.stems)} include none of {STEMS}")
-    return {s: _fit_length(a, mixture.shape[-1]) for s, a in stems.items()}
+    stem_map = stem_map or {}
+    sources = {s: stem_map.get(s, (s,)) for s in stems}
+    sources = {s: src for s, src in sources.items() if all(x in sep.stems for x in src)}
+    if not sources:
+        raise SeparatorError(f"the model's stems {tuple(sep.stems)} include none of {stems}")
+    needed = sorted({x for src in sources.values() for x in src}, key=sep.stems.index)
+    out = sep.separate_tensor(torch.from_numpy(mixture), rate, stems=needed)
+    ests = {s: sum(np.asarray(out[x], dtype=np.float32) for x in src) for s, src in sources.items()}
+    return {s: _fit_length(a, mixture.shape[-1]) for s, a in ests.items()}
+
+
+def best_scaled_mixture(mixture: np.ndarray, refs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The oracle baseline: per stem, the mixture times the one gain that minimises the squared
+    error to that stem's reference (a = <mix, ref> / <mix, mix>, over all channels and samples).
+    """
+    mix = mixture.astype(np.float64)
+    energy = float(np.sum(mix * mix))
+    out = {}
+    for stem, ref in refs.items():
+        gain = float(np.sum(mix * ref)) / energy if energy > 0 else 0.0
+        out[stem] = (gain * mixture).astype(np.float32)
+    return out
 
 
 def score_track(
@@ -159,7 +187,7 @@ def score_track(
     The stems present are scored jointly, as museval ``eval_mus_track`` does; with
     metrics="sdr" the ISR/SIR/SAR frames are NaN.
     """
-    stems = [s for s in STEMS if s in ests]
+    stems = [s for s in refs if s in ests]
     ref = np.stack([refs[s] for s in stems])
     est = np.stack([ests[s] for s in stems])
     if metrics == "all":
@@ -235,21 +263,31 @@ def evaluate_dataset(
     device: str = "auto",
     plot: bool = True,
     progress: bool = True,
+    stems: Sequence[str] = STEMS,
+    stem_map: dict[str, tuple[str, ...]] | None = None,
+    baseline: str | None = None,
 ) -> Report:
     """Score every selected track and write per-track JSON, the summary and the box plot.
 
-    Exactly one source of estimates: `estimates` (a folder), `model` (a card name or path, run
-    with the same engine as `separate`) or `separator` (any object with `separate_tensor`).
+    Exactly one source of estimates: `estimates` (a folder), `model` (a name, card or path, or
+    "a,b" / an ensemble card, run with the same engine as `separate`), `separator` (any object
+    with `separate_tensor`) or `baseline` ("mixture": the mixture itself; "scaled-mixture": the
+    best scaled mixture, see `best_scaled_mixture`). `stems` are the reference stems
+    (`<stem>.wav` beside `mixture.wav`); `stem_map` sums model stems into a reference stem.
     Tracks whose JSON already holds the requested metrics are skipped (resume).
     """
     if metrics not in ("sdr", "all"):
         raise SeparatorError(f"--metrics {metrics!r}: use 'sdr' or 'all'")
-    if sum(x is not None for x in (estimates, model, separator)) != 1:
-        raise SeparatorError("give exactly one of --model or --estimates")
+    if sum(x is not None for x in (estimates, model, separator, baseline)) != 1:
+        raise SeparatorError("give exactly one of --model, --estimates or --baseline")
+    if baseline not in (None, *BASELINES):
+        raise SeparatorError(f"--baseline {baseline!r}: use {' or '.join(BASELINES)}")
+    for stem in stems:
+        check_name(stem)
     if model is not None:
-        from separator.api import Separator  # the streaming engine: only loaded when needed
+        from separator.api import load_separator  # the streaming engine: only when needed
 
-        separator = Separator.from_pretrained(model, device=device)
+        separator = load_separator(model, device=device)
     selected = find_tracks(Path(root), subset, tracks)
     out_dir = Path(output_dir)
     (out_dir / subset).mkdir(parents=True, exist_ok=True)
@@ -259,11 +297,15 @@ def evaluate_dataset(
         if _done(path, metrics):
             report.skipped.append(track.name)
             continue
-        mixture, refs, rate = load_track(track)
+        mixture, refs, rate = load_track(track, stems)
         if separator is not None:
-            ests = separate_track(separator, mixture, rate)
+            ests = separate_track(separator, mixture, rate, stems, stem_map)
+        elif baseline == "mixture":
+            ests = {s: mixture.copy() for s in stems}
+        elif baseline is not None:
+            ests = best_scaled_mixture(mixture, refs)
         else:
-            ests = load_estimates(Path(estimates), track, rate, mixture)  # type: ignore[arg-type]
+            ests = load_estimates(Path(estimates), track, rate, mixture, stems)  # type: ignore[arg-type]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", IllConditionedWarning)
             frames, global_sdr = score_track(refs, ests, rate, metrics)
@@ -316,7 +358,7 @@ def summarize(
     (mean over tracks, as MDX/SDX), and with metrics="all" the ISR/SIR/SAR medians."""
     per_track = _frame_medians(out_dir, subset, names)
     rows = []
-    for stem in STEMS:
+    for stem in _stem_order(per_track):
         scored = [t for t in per_track.values() if stem in t["stems"]]
         if not scored:
             continue
@@ -334,6 +376,12 @@ def summarize(
                 mean[key] = float(np.mean([r[key] for r in rows]))
         rows.append(mean)
     return rows
+
+
+def _stem_order(per_track: dict[str, dict]) -> list[str]:
+    """Stems scored in any track: MUSDB18's order first, then others as first seen."""
+    seen = list(dict.fromkeys(s for t in per_track.values() for s in t["stems"]))
+    return [s for s in STEMS if s in seen] + [s for s in seen if s not in STEMS]
 
 
 def write_summary(rows: list[dict[str, Any]], out_dir: Path, metrics: str) -> None:
@@ -374,7 +422,7 @@ def plot_boxes(out_dir: Path, subset: str, names: Sequence[str]) -> Path | None:
     except ImportError:
         return None
     per_track = _frame_medians(out_dir, subset, names)
-    stems = [s for s in STEMS if any(s in t["stems"] for t in per_track.values())]
+    stems = _stem_order(per_track)
     data = [[t["stems"][s]["SDR"] for t in per_track.values() if s in t["stems"]] for s in stems]
     data = [[v for v in d if np.isfinite(v)] for d in data]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(stems), 4))

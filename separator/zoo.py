@@ -29,7 +29,10 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_OFFLINE_HINT = "download it by hand to {dest}, or set SEPARATOR_OFFLINE=1 to use the cache only"
+_OFFLINE_HINT = (
+    "on a machine with internet access download that URL and save the file as {dest} (it is "
+    "checked before use), or set SEPARATOR_OFFLINE=1 to use the cache only"
+)
 
 
 def cache_dir() -> Path:
@@ -111,7 +114,9 @@ def _download(url: str, part: Path, dest: Path, progress: bool, *, retried: bool
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         hint = _OFFLINE_HINT.format(dest=dest)
-        raise SeparatorError(f"cannot download {url} ({reason}); {hint}") from None
+        raise SeparatorError(
+            f"cannot download {url}: the network or host is unreachable ({reason}); {hint}"
+        ) from None
     with response:
         offset = _resume_offset(response, start)
         length = response.headers.get("Content-Length")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["tests.loopback"]  # the `server` and `cache` fixtures
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
