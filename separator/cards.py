@@ -54,6 +54,7 @@ class ModelCard:
     source: str = ""
     sdr: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    training_data: list[str] = field(default_factory=list)  # sources and their licences
     path: Path | None = None
 
     def __post_init__(self) -> None:

@@ -192,10 +192,14 @@ def models_list_cmd() -> None:
     from separator.registry import EnsembleCard, all_cards, is_cached
 
     table = Table("name", "architecture", "stems", "reported SDR (dB)", "size", "cached")
-    for name, card in all_cards().items():
+    cards = all_cards()
+    for name, card in cards.items():
         if isinstance(card, EnsembleCard):
-            arch, size, cached = f"ensemble ({card.method})", "-", "-"
-            stems = "per member"
+            arch, size = f"ensemble ({card.method})", "-"
+            members = [cards[m] for m in card.models if m in cards]
+            union = dict.fromkeys(s for m in members for s in getattr(m, "stems", ()))
+            stems = ",".join(card.stem_models or union)
+            cached = "yes" if all(is_cached(m) for m in members) else "no"
         else:
             arch, stems = card.architecture, ",".join(card.stems)
             n = card.weights.get("size")

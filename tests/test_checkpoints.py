@@ -238,13 +238,19 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_pickle_is_refused_not_executed(tmp_path):
-    marker = tmp_path / "pwned"
+def write_evil_checkpoint(path: Path, marker: Path) -> _Evil:
+    """A checkpoint whose unpickling would run `touch marker`."""
     evil = _Evil()
     evil.marker = marker
-    path = tmp_path / "evil.ckpt"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {"x": evil}}, f)
+    return evil
+
+
+def test_malicious_pickle_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    evil = write_evil_checkpoint(path, marker)
     # torch.save format too (zip container with a malicious data.pkl).
     path2 = tmp_path / "evil2.pth"
     torch.save({"state_dict": {"x": evil}}, path2)

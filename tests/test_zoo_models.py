@@ -4,7 +4,6 @@ ensembles from the command line, and import of MSST checkpoints."""
 from __future__ import annotations
 
 import hashlib
-import pickle
 import socket
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from separator.checkpoints import build_model, load_model, read_card, save_state
 from separator.cli import main, separate_main
 from separator.registry import EnsembleCard, all_cards, card_files
 from tests.loopback import Server
-from tests.test_checkpoints import MSST_BS_YAML, _Evil
+from tests.test_checkpoints import MSST_BS_YAML, write_evil_checkpoint
 
 # --- the shipped cards ---------------------------------------------------------------------------
 
@@ -263,11 +262,8 @@ def test_import_refuses_a_malicious_pickle(user_models, tmp_path, capsys) -> Non
     cfg = tmp_path / "msst.yaml"
     cfg.write_text(MSST_BS_YAML)
     marker = tmp_path / "pwned"
-    evil = _Evil()
-    evil.marker = marker
     ckpt = tmp_path / "evil.ckpt"
-    with open(ckpt, "wb") as f:
-        pickle.dump({"state_dict": {"x": evil}}, f)
+    write_evil_checkpoint(ckpt, marker)
     assert main(["models", "import", str(ckpt), "--config", str(cfg), "--name", "evil"]) == 2
     assert "refused" in capsys.readouterr().err
     assert not marker.exists() and not any(user_models.iterdir())
