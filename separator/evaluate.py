@@ -42,7 +42,9 @@ class TensorSeparator(Protocol):
 
     stems: tuple[str, ...]
 
-    def separate_tensor(self, wav: Any, sample_rate: int) -> dict[str, Any]: ...
+    def separate_tensor(
+        self, wav: Any, sample_rate: int, stems: Sequence[str] | None = None
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

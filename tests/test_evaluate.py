@@ -91,9 +91,11 @@ class ScaledMixture:
 
     stems = ("vocals", "drums", "bass", "other")
 
-    def separate_tensor(self, wav: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
+    def separate_tensor(
+        self, wav: torch.Tensor, sample_rate: int, stems=None
+    ) -> dict[str, torch.Tensor]:
         assert wav.ndim == 2 and sample_rate == 44100
-        return {s: 0.25 * wav for s in self.stems}
+        return {s: 0.25 * wav for s in (stems or self.stems)}
 
 
 def test_model_path_with_injected_separator(dataset, tmp_path):
@@ -121,7 +123,57 @@ def test_user_errors_are_one_line(dataset, tmp_path, capsys):
                "-o", str(tmp_path / "o")])  # fmt: skip
     assert rc == 2 and "'sdr' or 'all'" in capsys.readouterr().err
     rc = main(["evaluate", str(root), "-o", str(tmp_path / "o")])
-    assert rc == 2 and "exactly one of --model or --estimates" in capsys.readouterr().err
+    assert (
+        rc == 2 and "exactly one of --model, --estimates or --baseline" in capsys.readouterr().err
+    )
     rc = main(["evaluate", str(root), "--estimates", str(est_dir), "--tracks", "Nobody",
                "-o", str(tmp_path / "o")])  # fmt: skip
     assert rc == 2 and "Nobody" in capsys.readouterr().err
+
+
+def _global(out: Path, track: str) -> dict[str, float]:
+    return json.loads((out / "test" / f"{track}.json").read_text())["separator"]["global_sdr"]
+
+
+def test_scaled_mixture_baseline_uses_the_optimal_gain(dataset, tmp_path):
+    root, _, _ = dataset
+    rc = main(["evaluate", str(root), "--baseline", "scaled-mixture", "--tracks", "A - Full",
+               "-o", str(tmp_path / "b"), "--no-plot"])  # fmt: skip
+    assert rc == 0
+    mix = sf.read(root / "test" / "A - Full" / "mixture.wav", always_2d=True)[0].T
+    got = _global(tmp_path / "b", "A - Full")
+    for stem in MUSDB_STEMS:
+        ref = sf.read(root / "test" / "A - Full" / f"{stem}.wav", always_2d=True)[0].T
+        gain = np.sum(mix * ref) / np.sum(mix * mix)
+        assert got[stem] == pytest.approx(float(sdr(ref, gain * mix)), abs=1e-4)
+        # the optimum: any other gain scores lower
+        for g in (0.9 * gain, 1.1 * gain, 1.0):
+            assert float(sdr(ref, g * mix)) < got[stem] + 1e-6
+    rc = main(["evaluate", str(root), "--baseline", "mixture", "--tracks", "A - Full",
+               "-o", str(tmp_path / "m"), "--no-plot"])  # fmt: skip
+    assert rc == 0
+    ref = sf.read(root / "test" / "A - Full" / "vocals.wav", always_2d=True)[0].T
+    assert _global(tmp_path / "m", "A - Full")["vocals"] == pytest.approx(
+        float(sdr(ref, mix)), abs=1e-4
+    )
+
+
+def test_other_stems_and_stem_map(dataset, tmp_path):
+    """Reference stems guitar/rest (FoF layout): rest is scored against a sum of model stems."""
+    root, _, rate = dataset
+    src = root / "test" / "A - Full"
+    refs = {s: sf.read(src / f"{s}.wav", always_2d=True)[0].T for s in MUSDB_STEMS}
+    other_root = tmp_path / "fof"
+    write(other_root / "test" / "Song" / "mixture.wav", sum(refs.values()), rate)
+    write(other_root / "test" / "Song" / "guitar.wav", refs["other"], rate)
+    rest = refs["vocals"] + refs["drums"] + refs["bass"]
+    write(other_root / "test" / "Song" / "rest.wav", rest, rate)
+    out = tmp_path / "ev"
+    report = evaluate_dataset(other_root, out, separator=ScaledMixture(), stems=["guitar", "rest"],
+                              stem_map={"guitar": ("other",), "rest": ("vocals", "drums", "bass")},
+                              progress=False, plot=False)  # fmt: skip
+    mix = sum(refs.values())
+    got = _global(out, "Song")
+    assert got["guitar"] == pytest.approx(float(sdr(refs["other"], 0.25 * mix)), abs=1e-4)
+    assert got["rest"] == pytest.approx(float(sdr(rest, 0.75 * mix)), abs=1e-4)
+    assert [r["stem"] for r in report.rows] == ["guitar", "rest", "mean"]
