@@ -28,7 +28,7 @@ def fake_model(monkeypatch):
     """`--model fake.yaml` builds a GainModel (vocals = 0.5 * mix) at 44.1 kHz."""
     loaded = []
 
-    def load(name, config=None):
+    def load(name, config=None, offline=None):
         loaded.append((str(name), config))
         if "missing" in str(name):
             raise separator.api.SeparatorError(f"{name}: no such model file")
