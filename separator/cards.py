@@ -85,7 +85,7 @@ class ModelCard:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
         out["stems"] = list(self.stems)
         out["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model.items()}
-        return {k: v for k, v in out.items() if v not in ("", {}, None)}
+        return {k: v for k, v in out.items() if v not in ("", {}, [], None)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], path: Path | None = None) -> ModelCard:
