@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pack_data import unpack  # noqa: E402
+from pack_data import unpack
 
-from separator.recipe import load_recipe  # noqa: E402
-from separator.train import train  # noqa: E402
+from separator.recipe import load_recipe
+from separator.train import train
 
 RECIPE = Path(__file__).parent / "default.yaml"
 GPU = [
