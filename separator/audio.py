@@ -201,6 +201,14 @@ def output_subtype(fmt: str, bits: int) -> str:
         raise SeparatorError(f"cannot write {fmt} at {bits} bits; supported: {ok}") from None
 
 
+def use_umask(path: str | os.PathLike) -> None:
+    """Give a file made by `tempfile.mkstemp` (mode 0600) the mode a plain `open` would: 0666
+    less the umask, so renamed outputs are as readable as any other file the user writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 class StemWriter:
     """Writes one stem to a hidden temporary file next to `path`; `commit()` renames it.
 
@@ -248,6 +256,7 @@ class StemWriter:
         self._file.close()
         if self._two_pass and (self.peak > 1.0 or self.subtype != "FLOAT" or self.fmt != "wav"):
             self._transcode(1.0 / max(self.peak, 1.0))
+        use_umask(self.tmp)
         os.replace(self.tmp, self.path)
         return self.path
 

@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from separator.audio import use_umask
 from separator.cards import ModelCard, check_name, is_card, save_card
 from separator.errors import CheckpointError, ConfigError
 
@@ -134,6 +135,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        use_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -123,3 +123,18 @@ def test_unsupported_output_settings():
         output_subtype("flac", 32)
     with pytest.raises(SeparatorError, match="--clip"):
         StemWriter(None, 8000, 2, clip="soft")  # type: ignore[arg-type]
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    from separator.audio import StemWriter
+
+    old = os.umask(0o022)
+    try:
+        w = StemWriter(tmp_path / "o" / "s.wav", 8000, 1)
+        w.write(np.zeros((100, 1), np.float32))
+        path = w.commit()
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
