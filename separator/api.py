@@ -58,7 +58,73 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise SeparatorError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
 
 
-class _Pipeline:
+def pop_samples(queue: deque[np.ndarray], n: int, channels: int) -> np.ndarray:
+    """Remove and return the first `n` samples of a queue of (m, C) blocks."""
+    parts, need = [], n
+    while need > 0:
+        head = queue[0]
+        take = min(need, len(head))
+        parts.append(head[:take])
+        if take == len(head):
+            queue.popleft()
+        else:
+            queue[0] = head[take:]
+        need -= take
+    return np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
+
+
+class _PipelineBase:
+    """What every pipeline shares: a delayed copy of the mixture for the residual stems, the
+    assembly of the requested outputs, and the loop over input blocks. Subclasses give `push`,
+    `flush` and keep `n_in` / `n_out` (input samples taken / output samples released)."""
+
+    def __init__(self, plans: list[StemPlan], in_channels: int) -> None:
+        self.plans, self.in_channels = plans, in_channels
+        self.needed = sorted({i for p in plans for i in p.uses})  # model stems the plans use
+        self.mix: deque[np.ndarray] = deque()  # input blocks not yet matched by output
+        self.n_in = 0
+        self.n_out = 0
+
+    def _take_input(self, block: np.ndarray) -> None:
+        self.mix.append(block)
+        self.n_in += len(block)
+
+    def _assemble(self, stem: Callable[[int], np.ndarray], m: int) -> dict[str, np.ndarray]:
+        """{plan name: (m, Cin)} from `stem(model stem index)`, residuals from the mixture."""
+        mix = pop_samples(self.mix, m, self.in_channels)
+        out = {}
+        for plan in self.plans:
+            if plan.index is not None:
+                out[plan.name] = np.ascontiguousarray(stem(plan.index))
+            else:
+                rest = sum(stem(i) for i in plan.minus)
+                out[plan.name] = (mix - rest).astype(np.float32)
+        return out
+
+    def push(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def flush(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def run(
+        self,
+        blocks: Iterator[np.ndarray],
+        sink: Callable[[dict[str, np.ndarray]], None],
+        total: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Drive the pipeline over all `blocks`, handing each output dict to `sink`."""
+        for block in blocks:
+            sink(self.push(block))
+            if progress is not None:
+                progress(self.n_out, total)
+        sink(self.flush())
+        if progress is not None:
+            progress(self.n_out, self.n_out)
+
+
+class _Pipeline(_PipelineBase):
     """Block pipeline from input-rate mixture blocks to input-rate output stems.
 
     mixture (n, Cin) ─▶ model channels ─▶ resample to model rate ─▶ engine(s) ─▶ needed stems in
@@ -77,25 +143,18 @@ class _Pipeline:
             )
         if model_ch not in (1, 2):
             raise SeparatorError(f"model has {model_ch} audio channels; only 1 or 2 are supported")
-        self.plans, self.in_channels = plans, in_channels
+        super().__init__(plans, in_channels)
         self.split = model_ch == 1 and in_channels == 2  # one engine per input channel
         self.engines = [sep.new_engine() for _ in range(2 if self.split else 1)]
         self.duplicate = model_ch == 2 and in_channels == 1
-        self.needed = sorted(
-            {i for p in plans for i in ((p.index,) if p.index is not None else p.minus)}
-        )
         rate = sep.model.sample_rate
         self.down = Resampler(in_rate, rate, 1 if self.split else model_ch)
         self.downs = [self.down] + ([Resampler(in_rate, rate, 1)] if self.split else [])
         self.up = Resampler(rate, in_rate, len(self.needed) * in_channels)
-        self.mix: deque[np.ndarray] = deque()  # input blocks not yet matched by output
-        self.n_in = 0
-        self.n_out = 0
 
     def push(self, block: np.ndarray) -> dict[str, np.ndarray]:
         """(n, Cin) float32 mixture -> {stem: (m, Cin)} finished output (m may be 0)."""
-        self.mix.append(block)
-        self.n_in += len(block)
+        self._take_input(block)
         return self._step(block, last=False)
 
     def flush(self) -> dict[str, np.ndarray]:
@@ -123,7 +182,8 @@ class _Pipeline:
                 out = np.concatenate([out, np.zeros((missing, out.shape[1]), np.float32)])
         out = out[: self.n_in - self.n_out]
         self.n_out += len(out)
-        return self._assemble(out.reshape(len(out), k, c))
+        stems = out.reshape(len(out), k, c)  # (m, K needed stems, Cin)
+        return self._assemble(lambda i: stems[:, self.needed.index(i)], len(stems))
 
     def _run_engine(
         self, engine: StreamingEngine, down: Resampler, x: np.ndarray, last: bool
@@ -134,47 +194,6 @@ class _Pipeline:
         if last:
             y = torch.cat([y, engine.flush()], dim=-1)
         return y[self.needed]
-
-    def _assemble(self, y: np.ndarray) -> dict[str, np.ndarray]:
-        """(m, K, Cin) needed stems -> {plan name: (m, Cin)}, residuals from the mixture."""
-        mix = self._pop_mix(len(y))
-        out = {}
-        for plan in self.plans:
-            if plan.index is not None:
-                out[plan.name] = np.ascontiguousarray(y[:, self.needed.index(plan.index)])
-            else:
-                rest = sum(y[:, self.needed.index(i)] for i in plan.minus)
-                out[plan.name] = (mix - rest).astype(np.float32)
-        return out
-
-    def _pop_mix(self, n: int) -> np.ndarray:
-        parts, need = [], n
-        while need > 0:
-            head = self.mix[0]
-            take = min(need, len(head))
-            parts.append(head[:take])
-            if take == len(head):
-                self.mix.popleft()
-            else:
-                self.mix[0] = head[take:]
-            need -= take
-        return np.concatenate(parts) if parts else np.zeros((0, self.in_channels), np.float32)
-
-    def run(
-        self,
-        blocks: Iterator[np.ndarray],
-        sink: Callable[[dict[str, np.ndarray]], None],
-        total: int | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        """Drive the pipeline over all `blocks`, handing each output dict to `sink`."""
-        for block in blocks:
-            sink(self.push(block))
-            if progress is not None:
-                progress(self.n_out, total)
-        sink(self.flush())
-        if progress is not None:
-            progress(self.n_out, self.n_out)
 
 
 class SeparatorBase:

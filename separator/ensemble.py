@@ -14,12 +14,13 @@ A stem that only some members have is combined over those members.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from separator.api import SeparatorBase, _Pipeline
+from separator.api import SeparatorBase, _PipelineBase, pop_samples
 from separator.errors import ConfigError, SeparatorError
 from separator.registry import ENSEMBLE_METHODS, check_ensemble
 from separator.stems import StemPlan
@@ -72,37 +73,29 @@ class Ensemble(SeparatorBase):
         return _EnsemblePipeline(self, in_rate, in_channels, plans, where)
 
 
-class _EnsemblePipeline:
+class _EnsemblePipeline(_PipelineBase):
     """Same interface as `_Pipeline`: push blocks of mixture, get finished stems."""
 
     def __init__(self, ens: Ensemble, in_rate: int, in_channels: int, plans, where: str) -> None:
-        self.ens, self.plans, self.in_channels = ens, plans, in_channels
-        stems = ens.stems
-        self.needed = sorted(
-            {stems[i] for p in plans for i in ((p.index,) if p.index is not None else p.minus)},
-            key=stems.index,
-        )
+        super().__init__(plans, in_channels)
+        self.ens = ens
+        names = [ens.stems[i] for i in self.needed]
         self.members = []  # (member index, its pipeline, the stems it contributes)
         for i, m in enumerate(ens.members):
-            mine = [s for s in self.needed if i in ens.sources[s]]
+            mine = [s for s in names if i in ens.sources[s]]
             if mine:
                 member_plans = [StemPlan(s, index=m.stems.index(s)) for s in mine]
                 self.members.append(
                     (i, m._pipeline(in_rate, in_channels, member_plans, where), mine)
                 )
-        self.buffers = [{s: [] for s in mine} for _, _, mine in self.members]
+        # finished member output not yet matched by every other member
+        self.buffers = [{s: deque() for s in mine} for _, _, mine in self.members]
         self.ready = [0] * len(self.members)
         spectral = ens.method in ("max_spec", "min_spec")
-        self.spec = (
-            {s: _SpecCombiner(ens.method, in_channels) for s in self.needed} if spectral else None
-        )
-        self.mix: list[np.ndarray] = []
-        self.n_mix = 0
-        self.n_in = 0
+        self.spec = {s: _SpecCombiner(ens.method, in_channels) for s in names} if spectral else None
 
     def push(self, block: np.ndarray) -> dict[str, np.ndarray]:
-        self.mix.append(block)
-        self.n_in += len(block)
+        self._take_input(block)
         for k, (_, pipe, _) in enumerate(self.members):
             self._take(k, pipe.push(block))
         return self._emit(last=False)
@@ -112,13 +105,6 @@ class _EnsemblePipeline:
             self._take(k, pipe.flush())
         return self._emit(last=True)
 
-    def run(self, blocks, sink, total=None, progress=None) -> None:
-        _Pipeline.run(self, blocks, sink, total, progress)  # type: ignore[arg-type]
-
-    @property
-    def n_out(self) -> int:
-        return self.n_mix
-
     def _take(self, k: int, out: dict[str, np.ndarray]) -> None:
         for stem, x in out.items():
             self.buffers[k][stem].append(x)
@@ -127,29 +113,26 @@ class _EnsemblePipeline:
 
     def _emit(self, *, last: bool) -> dict[str, np.ndarray]:
         n = min(self.ready)
-        combined = {s: self._combine(s, n) for s in self.needed}
         self.ready = [r - n for r in self.ready]
+        combined = {self.ens.stems[i]: self._combine(self.ens.stems[i], n) for i in self.needed}
         if self.spec is not None:
             combined = {s: self.spec[s].push(x, last=last) for s, x in combined.items()}
         m = len(next(iter(combined.values())))
-        mix = self._pop_mix(m)
-        out = {}
-        for plan in self.plans:
-            if plan.index is not None:
-                out[plan.name] = combined[self.ens.stems[plan.index]]
-            else:
-                rest = sum(combined[self.ens.stems[i]] for i in plan.minus)
-                out[plan.name] = (mix - rest).astype(np.float32)
-        return out
+        self.n_out += m
+        return self._assemble(lambda i: combined[self.ens.stems[i]], m)
 
     def _combine(self, stem: str, n: int) -> np.ndarray:
+        """The next `n` samples of `stem` from its members, combined ((K, n, C) for max/min_spec,
+        which the spectral combiner picks from)."""
         parts, weights = [], []
         for k, (i, _, mine) in enumerate(self.members):
             if stem in mine:
-                parts.append(_pop(self.buffers[k][stem], n, self.in_channels))
+                parts.append(pop_samples(self.buffers[k][stem], n, self.in_channels))
                 weights.append(self.ens.weights[i])
-        if len(parts) == 1 or self.ens.method in ("max_spec", "min_spec"):
-            return np.stack(parts) if self.spec is not None else parts[0]
+        if self.spec is not None:
+            return np.stack(parts)
+        if len(parts) == 1:
+            return parts[0]
         x = np.stack(parts)
         if self.ens.method == "median":
             return np.median(x, axis=0).astype(np.float32)
@@ -157,20 +140,6 @@ class _EnsemblePipeline:
         if w.sum() <= 0:
             raise SeparatorError(f"ensemble: the members that have {stem!r} all have weight 0")
         return np.tensordot(w / w.sum(), x, axes=1).astype(np.float32)
-
-    def _pop_mix(self, n: int) -> np.ndarray:
-        out = _pop(self.mix, n, self.in_channels)
-        self.n_mix += n
-        return out
-
-
-def _pop(parts: list[np.ndarray], n: int, channels: int) -> np.ndarray:
-    """Remove and return the first `n` samples of a list of (m, C) arrays."""
-    x = np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
-    parts.clear()
-    if len(x) > n:
-        parts.append(x[n:])
-    return x[:n]
 
 
 class _SpecCombiner:
@@ -184,7 +153,7 @@ class _SpecCombiner:
     def __init__(self, method: str, channels: int) -> None:
         self.pick_max = method == "max_spec"
         self.window = torch.hann_window(SPEC_N_FFT, periodic=True, dtype=torch.float64)
-        self.norm = (self.window**2).reshape(4, SPEC_HOP).sum(0)  # = 1.5 for every offset
+        self.norm = (self.window**2).reshape(4, SPEC_HOP).sum(0).numpy()  # 1.5 at every offset
         self.lead = SPEC_N_FFT - SPEC_HOP  # zeros before the signal: every sample sees 4 frames
         self.buf: np.ndarray | None = None  # (K, m, C) samples not yet consumed by a frame
         self.acc = np.zeros((SPEC_N_FFT, channels))  # overlap-add accumulator
@@ -206,7 +175,7 @@ class _SpecCombiner:
             if self.buf.shape[1] >= SPEC_N_FFT
             else 0
         )
-        out = []
+        y = np.zeros((0, self.channels))
         if frames > 0:
             buf = torch.from_numpy(self.buf)
             idx = torch.arange(frames)[:, None] * SPEC_HOP + torch.arange(SPEC_N_FFT)
@@ -215,16 +184,18 @@ class _SpecCombiner:
             mag = spec.abs()
             pick = mag.argmax(0) if self.pick_max else mag.argmin(0)
             chosen = torch.gather(spec, 0, pick[None]).squeeze(0)  # (F, bins, C)
-            y = torch.fft.irfft(chosen, n=SPEC_N_FFT, dim=1) * self.window[None, :, None]
-            y = y.numpy()
+            frame_out = (
+                torch.fft.irfft(chosen, n=SPEC_N_FFT, dim=1) * self.window[:, None]
+            ).numpy()
+            done = frames * SPEC_HOP  # samples that every frame covering them has reached
+            span = np.zeros((done + SPEC_N_FFT - SPEC_HOP, self.channels))
+            span[:SPEC_N_FFT] += self.acc
             for f in range(frames):
-                self.acc += y[f]
-                out.append(self.acc[:SPEC_HOP] / self.norm.numpy()[:, None])
-                self.acc = np.concatenate(
-                    [self.acc[SPEC_HOP:], np.zeros((SPEC_HOP, self.channels))]
-                )
-            self.buf = self.buf[:, frames * SPEC_HOP :]
-        y = np.concatenate(out) if out else np.zeros((0, self.channels))
+                span[f * SPEC_HOP : f * SPEC_HOP + SPEC_N_FFT] += frame_out[f]
+            finished = span[:done].reshape(frames, SPEC_HOP, self.channels) / self.norm[:, None]
+            y = finished.reshape(done, self.channels)
+            self.acc = np.concatenate([span[done:], np.zeros((SPEC_HOP, self.channels))])
+            self.buf = self.buf[:, done:]
         skip = min(self.to_skip, len(y))
         self.to_skip -= skip
         y = y[skip:]

@@ -23,6 +23,11 @@ class StemPlan:
     def is_residual(self) -> bool:
         return self.index is None
 
+    @property
+    def uses(self) -> tuple[int, ...]:
+        """The model stems this output is made from."""
+        return (self.index,) if self.index is not None else self.minus
+
 
 def available_stems(model_stems: Sequence[str]) -> list[str]:
     """Every name `--stems` accepts for a model: its stems, then the residuals."""
