@@ -7,7 +7,6 @@ accepts `!!python/tuple` (MSST writes `freqs_per_bands` that way).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from separator.audio import use_umask
 from separator.cards import ModelCard, check_name, is_card, save_card
 from separator.errors import CheckpointError, ConfigError
+from separator.zoo import sha256_file
 
 _WRAPPERS = ("state", "state_dict", "model_state_dict", "model")
 
@@ -140,14 +140,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- configs -> models -------------------------------------------------------------------------

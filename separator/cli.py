@@ -258,7 +258,7 @@ def models_verify_cmd(
 ) -> None:
     """Re-hash cached weights against the card's sha256 (or the hash pinned at first download)."""
     from separator.registry import cached_path
-    from separator.zoo import _load_pins, _sha256_of
+    from separator.zoo import pinned_sha256, sha256_file
 
     bad = 0
     for name in names:
@@ -268,8 +268,8 @@ def models_verify_cmd(
             typer.echo(f"{name}: not downloaded ({path})")
             bad += 1
             continue
-        expected = card.weights.get("sha256") or _load_pins().get(card.weights.get("url", ""))
-        actual = _sha256_of(path)
+        expected = card.weights.get("sha256") or pinned_sha256(card.weights.get("url", ""))
+        actual = sha256_file(path)
         if expected is None:
             typer.echo(f"{name}: {path} sha256 {actual} (no published or pinned hash to compare)")
         elif actual == expected.lower():

@@ -155,9 +155,9 @@ def cached_path(card: ModelCard) -> Path | None:
     url = card.weights.get("url")
     if not url:
         return None
-    from separator.zoo import _file_name, cache_dir
+    from separator.zoo import cache_dir, url_file_name
 
-    return cache_dir() / card.name / _file_name(url)
+    return cache_dir() / card.name / url_file_name(url)
 
 
 def is_cached(card: ModelCard) -> bool:

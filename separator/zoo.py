@@ -43,7 +43,7 @@ def cache_dir() -> Path:
 
 def verify(path: Path, sha256: str) -> bool:
     """True if the file at `path` has the given sha256 (hex, case-insensitive)."""
-    return _sha256_of(Path(path)) == sha256.strip().lower()
+    return sha256_file(path) == sha256.strip().lower()
 
 
 def fetch(
@@ -60,10 +60,10 @@ def fetch(
     first download is pinned and later calls are checked against the pin.
     """
     _check_scheme(url)
-    expected = _check_hash_arg(url, sha256) or _load_pins().get(url)
-    dest = Path(dest) if dest is not None else cache_dir() / _file_name(url)
+    expected = _check_hash_arg(url, sha256) or pinned_sha256(url)
+    dest = Path(dest) if dest is not None else cache_dir() / url_file_name(url)
     if dest.is_file():
-        actual = _sha256_of(dest)
+        actual = sha256_file(dest)
         if expected is None:
             _pin(url, actual, dest)
             return dest
@@ -82,7 +82,7 @@ def fetch(
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _download(url, part, dest, progress)
-    actual = _sha256_of(part)
+    actual = sha256_file(part)
     if expected is None:
         _pin(url, actual, dest)
     elif actual != expected:
@@ -183,7 +183,8 @@ def _copy(
 
 
 # --- hashes and pins -------------------------------------------------------------------------
-def _sha256_of(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
@@ -219,6 +220,11 @@ def _load_pins() -> dict[str, str]:
     return pins
 
 
+def pinned_sha256(url: str) -> str | None:
+    """The hash pinned for `url` at its first download (no hash was published), if any."""
+    return _load_pins().get(url)
+
+
 def _pin(url: str, sha256: str, dest: Path) -> None:
     """Record `sha256` for `url` so later uses are verified against it (trust on first use)."""
     pins = _load_pins()
@@ -237,7 +243,7 @@ def _pin(url: str, sha256: str, dest: Path) -> None:
 
 
 # --- names and modes -------------------------------------------------------------------------
-def _file_name(url: str) -> str:
+def url_file_name(url: str) -> str:
     """The last component of the URL path, refused unless it is one safe file name."""
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     if not _SAFE_NAME.fullmatch(name) or name.endswith(".part") or name == "pins.json":
