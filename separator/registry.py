@@ -129,10 +129,26 @@ def card_files() -> list[Path]:
     return files
 
 
+_CACHE: dict[tuple, dict[str, Card]] = {}
+
+
 def all_cards() -> dict[str, Card]:
-    """{name: card} of every shipped card; two cards with one name are an error."""
+    """{name: card} of every known card; two cards with one name are an error.
+
+    Parsed once per state of the card files (paths, sizes, mtimes): loading a model by name looks
+    the cards up more than once, and an import or edit is still seen at once.
+    """
+    files = card_files()
+    key = tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = _read_cards(files)
+    return dict(_CACHE[key])
+
+
+def _read_cards(files: list[Path]) -> dict[str, Card]:
     cards: dict[str, Card] = {}
-    for path in card_files():
+    for path in files:
         card = read_any_card(path)
         if card.name in cards:
             raise ConfigError(
