@@ -286,9 +286,10 @@ def example_folder(out: str | Path) -> Path:
 
 
 def write_track(folder: Path, stems: dict[str, np.ndarray], sample_rate: int) -> None:
-    """Write {stem: (channels, frames)} as `folder/<stem>.wav` (float32 WAV), MUSDB18HQ style."""
+    """Write {stem: (channels, frames)} as `folder/<stem>.wav` (float32 WAV), MUSDB18HQ style,
+    in dict order, each through a temporary file, so an interrupted write leaves no partial stem."""
     folder.mkdir(parents=True, exist_ok=True)
     for stem, audio in stems.items():
-        sf.write(
-            folder / f"{stem}.wav", np.ascontiguousarray(audio.T), sample_rate, subtype="FLOAT"
-        )
+        tmp = folder / f".{stem}.tmp.wav"
+        sf.write(tmp, np.ascontiguousarray(audio.T), sample_rate, subtype="FLOAT")
+        tmp.replace(folder / f"{stem}.wav")

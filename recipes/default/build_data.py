@@ -40,6 +40,8 @@ import mido
 import numpy as np
 import soundfile as sf
 
+from separator.data import write_track
+
 RATE = 44100
 STEMS = ("vocals", "drums", "bass", "other")
 SOUNDFONTS = {
@@ -401,12 +403,8 @@ def _complete(folder: Path) -> bool:
 
 def _write(folder: Path, stems: dict[str, np.ndarray]) -> None:
     """Write the stems, then the mixture last: a folder with mixture.wav is complete."""
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "mixture.wav").unlink(missing_ok=True)
-    for stem, x in {**stems, "mixture": sum(stems.values())}.items():
-        tmp = folder / f".{stem}.tmp.wav"
-        sf.write(tmp, np.ascontiguousarray(x.T), RATE, subtype="FLOAT")
-        tmp.replace(folder / f"{stem}.wav")
+    write_track(folder, {**stems, "mixture": sum(stems.values())}, RATE)
 
 
 def _hydrogen_job(song: Path, root: str, seed: int) -> dict:
@@ -449,9 +447,7 @@ def _real(root: Path) -> None:
         n = min(len(guitar), len(rest))
         stems = {"guitar": guitar[:n].T, "rest": rest[:n].T}
         folder = root / "fof" / f"{song.parent.parent.name} - {song.parent.name}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for stem, x in {"mixture": stems["guitar"] + stems["rest"], **stems}.items():
-            sf.write(folder / f"{stem}.wav", np.ascontiguousarray(x.T), RATE, subtype="FLOAT")
+        write_track(folder, {"mixture": stems["guitar"] + stems["rest"], **stems}, RATE)
 
 
 if __name__ == "__main__":
