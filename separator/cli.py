@@ -257,13 +257,14 @@ def models_verify_cmd(
     names: Annotated[list[str], typer.Argument(help="model names")],
 ) -> None:
     """Re-hash cached weights against the card's sha256 (or the hash pinned at first download)."""
+    from separator.cards import ModelCard
     from separator.registry import cached_path
     from separator.zoo import pinned_sha256, sha256_file
 
     bad = 0
     for name in names:
         card = _card(name)
-        path = cached_path(card) if hasattr(card, "weights") else None
+        path = cached_path(card) if isinstance(card, ModelCard) else None  # not an ensemble
         if path is None or not path.is_file():
             typer.echo(f"{name}: not downloaded ({path})")
             bad += 1
