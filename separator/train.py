@@ -27,11 +27,12 @@ import torch.distributed as dist
 from torch import nn
 
 from separator.cards import ModelCard, save_card
-from separator.checkpoints import atomic_write, save_state_dict, sha256_file
+from separator.checkpoints import atomic_write, save_state_dict
 from separator.data import Augment, RandomMixDataset, find_tracks, load_track_arrays
 from separator.errors import SeparatorError
 from separator.losses import separation_loss
 from separator.recipe import Recipe
+from separator.zoo import sha256_file
 
 
 @dataclass

@@ -13,16 +13,19 @@ then measures the speed on this CPU and writes pretrained/separator_default.{saf
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from separator.cards import save_card
+from separator.checkpoints import atomic_write, read_card
 from separator.cli import main as separator_main
+from separator.zoo import sha256_file
 
 EVALS = {
     "rendered_test": ("rendered", "test", []),
@@ -40,6 +43,19 @@ EVALS = {
         ],
     ),
 }
+
+NOTES = (
+    "A small model trained for hours on a CPU, not for days on GPUs: use a community model "
+    "(separator models list) for quality. Its vocals were learned from SYNTHETIC voices (GM "
+    "choir/voice patches singing Bach soprano lines and game melodies), its drums from "
+    "generated GM grooves and Hydrogen demo songs, its bass and other from GM instruments: "
+    "real singing, real guitars and dense productions are out of its training distribution. "
+    "rendered_test: held-out renderings (other scores, same soundfonts); stempeg: the real "
+    "4-stem excerpt shipped with stempeg (6 s); fof: the 8 Frets on Fire songs, where only "
+    "'guitar' (lead guitar, scored against our 'other') and 'rest' (everything else, scored "
+    "against vocals+drums+bass) exist, so rhythm guitars and keys in 'rest' count against us. "
+    "baseline = best scaled mixture (per stem, the mixture times its optimal gain)."
+)
 
 
 def _summary(folder: Path) -> dict:
@@ -99,51 +115,41 @@ def main() -> None:
     card_path, data = Path(sys.argv[1]), Path(sys.argv[2])
     out = Path(sys.argv[3]) if len(sys.argv) > 3 else Path("runs/default_eval")
     results = evaluate(card_path, data, out)
-    card = yaml.safe_load(card_path.read_text())
+    card = read_card(card_path)
     pretrained = Path(__file__).resolve().parents[2] / "pretrained"
     weights = pretrained / "separator_default.safetensors"
-    shutil.copy(card_path.parent / card["weights"]["file"], weights)
-    from separator.checkpoints import sha256_file
-
-    card["weights"] = {
-        "file": weights.name,
-        "sha256": sha256_file(weights),
-        "size": weights.stat().st_size,
-    }
-    stems = ("vocals", "drums", "bass", "other")
+    atomic_write(weights, (card_path.parent / card.weights["file"]).read_bytes())
     rendered = results["rendered_test"]["model"]
-    card["sdr"] = {
-        "benchmark": "held-out rendered tracks, global SDR (dB); full results below",
-        **{s: rendered[s]["global"] for s in stems},
-        **results,
-        "speed": speed(card_path),
-    }
     manifest = yaml.safe_load((data / "manifest.json").read_text())  # JSON is YAML
     train = [t for t in manifest["tracks"] if t["split"] == "train"]
-    card["source"] = (
-        "Trained by the separator developers with recipes/default/default.yaml on 2 CPU cores "
-        f"({len(train)} rendered tracks, {sum(t['seconds'] for t in train) / 3600:.2f} h, built by "
-        "recipes/default/build_data.py from Debian/PyPI packages only)."
+    hours = sum(t["seconds"] for t in train) / 3600
+    card = dataclasses.replace(
+        card,
+        weights={
+            "file": weights.name,
+            "sha256": sha256_file(weights),
+            "size": weights.stat().st_size,
+        },
+        sdr={
+            "benchmark": "held-out rendered tracks, global SDR (dB); full results below",
+            **{s: rendered[s]["global"] for s in card.stems},
+            **results,
+            "speed": speed(card_path),
+        },
+        source=(
+            "Trained by the separator developers with recipes/default/default.yaml on 2 CPU "
+            f"cores ({len(train)} rendered tracks, {hours:.2f} h, "
+            "built by recipes/default/build_data.py from Debian/PyPI packages only)."
+        ),
+        license="MIT (the weights); training data licences below",
+        training_data=[
+            f"{s['package']} {s['version']}: {s['what']} ({s['licence']})"
+            for s in manifest["sources"]
+        ],
+        notes=NOTES,
     )
-    card["license"] = "MIT (the weights); training data licences below"
-    card["training_data"] = [
-        f"{s['package']} {s['version']}: {s['what']} ({s['licence']})" for s in manifest["sources"]
-    ]
-    card["notes"] = (
-        "A small model trained for hours on a CPU, not for days on GPUs: use a community model "
-        "(separator models list) for quality. Its vocals were learned from SYNTHETIC voices (GM "
-        "choir/voice patches singing Bach soprano lines and game melodies), its drums from "
-        "generated GM grooves and Hydrogen demo songs, its bass and other from GM instruments: "
-        "real singing, real guitars and dense productions are out of its training distribution. "
-        "rendered_test: held-out renderings (other scores, same soundfonts); stempeg: the real "
-        "4-stem excerpt shipped with stempeg (6 s); fof: the 8 Frets on Fire songs, where only "
-        "'guitar' (lead guitar, scored against our 'other') and 'rest' (everything else, scored "
-        "against vocals+drums+bass) exist, so rhythm guitars and keys in 'rest' count against us. "
-        "baseline = best scaled mixture (per stem, the mixture times its optimal gain)."
-    )
-    text = yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100)
-    (pretrained / "separator_default.yaml").write_text(text)
-    print(text)
+    save_card(card, pretrained / "separator_default.yaml")  # validated on the way out
+    print((pretrained / "separator_default.yaml").read_text())
 
 
 if __name__ == "__main__":
