@@ -2,6 +2,7 @@
 packages only (no MUSDB18, no downloads from dataset hosts).
 
     sudo apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont planetblupi-music-midi \
+        musescore-general-soundfont avldrums.lv2-soundfont \
         hydrogen fretsonfire-songs-sectoid fretsonfire-songs-muldjord ffmpeg
     pip install music21 mido stempeg
     python3 recipes/default/build_data.py data/default
@@ -14,7 +15,11 @@ Writes MUSDB18HQ-layout folders (`<track>/{mixture,vocals,drums,bass,other}.wav`
                                    bass on a GM bass, plus a generated drum part) and the
                                    planetblupi game MIDI files (drums on channel 10, GM basses, the
                                    highest melodic part re-voiced as "vocals"); Hydrogen's demo
-                                   songs as extra real-sample drum stems (train only).
+                                   songs as extra real-sample drum stems (train only). A second
+                                   set (`--extra`, train only) renders chorales the first set did
+                                   not draw, and the planetblupi training files again, with a third
+                                   soundfont (MuseScore General) and drums from it or from the AVL
+                                   kits (multi-sampled real acoustic drum kits): more timbres.
     real/stempeg/                  the real 4-stem excerpt that ships with stempeg.
     real/fof/                      the Frets on Fire songs: guitar.wav (lead guitar), rest.wav
                                    (everything else) and their sum, mixture.wav.
@@ -47,7 +52,13 @@ STEMS = ("vocals", "drums", "bass", "other")
 SOUNDFONTS = {
     "FluidR3_GM": Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     "TimGM6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
+    "MuseScore_General": Path("/usr/share/sounds/sf3/MuseScore_General_Full.sf3"),
+    "AVL_Black_Pearl": Path("/usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2"),
+    "AVL_Red_Zeppelin": Path("/usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2"),
 }
+# The AVL kits hold one drum kit as melodic preset 0-0 with the GM drum note map: their drum
+# stems are rendered on channel 1 instead of 10 (fluidsynth plays channel 10 from bank 128).
+AVL_KITS = ("AVL_Black_Pearl", "AVL_Red_Zeppelin")
 PLANETBLUPI = Path("/usr/share/planetblupi/music")
 HYDROGEN_SONGS = Path("/usr/share/hydrogen/data/demo_songs")
 FOF = Path("/usr/share/games/fretsonfire/data/songs")
@@ -63,7 +74,11 @@ OTHER_PROGRAMS = (
     + (56, 57, 60, 61, 65, 66, 68, 71, 73)  # brass, reeds, pipes
     + (80, 81, 88, 89, 90, 91)  # synth leads and pads
 )
-DRUM_KITS = {"FluidR3_GM": (0, 8, 16, 24, 25, 32, 40), "TimGM6mb": (0,)}  # bank-128 presets
+DRUM_KITS = {  # bank-128 presets
+    "FluidR3_GM": (0, 8, 16, 24, 25, 32, 40),
+    "TimGM6mb": (0,),
+    "MuseScore_General": (0, 8, 16, 24, 25, 32, 40),
+}
 STEM_DB = {"vocals": -17.0, "drums": -18.0, "bass": -19.0, "other": -19.0}  # mean level, ±3 dB
 
 SOURCES = {
@@ -74,6 +89,11 @@ SOURCES = {
     "planetblupi-music-midi": ("Debian", "GPL-3+ (see /usr/share/doc/planetblupi-music-midi)"),
     "fluid-soundfont-gm": ("Debian, FluidR3_GM.sf2 by Frank Wen", "MIT"),
     "timgm6mb-soundfont": ("Debian, TimGM6mb.sf2 by Tim Brechbill", "GPL-2"),
+    "musescore-general-soundfont": (
+        "Debian, MuseScore_General.sf3 by S. Christian Collins",
+        "MIT (parts public domain or CC0)",
+    ),
+    "avldrums.lv2-soundfont": ("Debian, AVL drum kits by Glen MacArthur", "CC BY-SA 3.0"),
     "hydrogen-data": ("Debian, Hydrogen demo songs", "GPL-2+ (see /usr/share/doc/hydrogen-data)"),
     "hydrogen-drumkits": ("Debian, Hydrogen drum kits", "GPL-2+/CC (per kit, see its copyright)"),
     "fretsonfire-songs-sectoid": ("Debian, songs by Sectoid", "MIT-style (Expat)"),
@@ -88,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chorales", type=int, default=240, help="Bach chorales to render")
     p.add_argument("--valid", type=int, default=8, help="chorales held out for validation")
     p.add_argument("--test", type=int, default=16, help="chorales held out for testing")
+    p.add_argument(
+        "--extra", type=int, default=120, help="further chorales for training, third soundfont"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
@@ -95,15 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     rng = np.random.default_rng(args.seed)
 
-    jobs = _chorale_jobs(args, rng) + _planetblupi_jobs(rng)
+    jobs, spare = _chorale_jobs(args, rng)
+    jobs += _planetblupi_jobs(rng)
+    hydrogen = zip(sorted(HYDROGEN_SONGS.glob("*.h2song")), rng.integers(1 << 31, size=100))
+    jobs += _extra_jobs(spare[: args.extra], rng)  # drawn last: the first set stays as it was
     manifest = {"sources": _sources(), "tracks": []}
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(_render_job, job, str(out / "rendered")) for job in jobs]
         futures += [
             pool.submit(_hydrogen_job, song, str(out / "rendered" / "train"), int(seed))
-            for song, seed in zip(
-                sorted(HYDROGEN_SONGS.glob("*.h2song")), rng.integers(1 << 31, size=100)
-            )
+            for song, seed in hydrogen
         ]
         for f in futures:
             info = f.result()
@@ -145,7 +169,8 @@ def _sources() -> list[dict]:
 # ---- jobs: a job is a plain dict of everything one track needs, so workers are pure functions
 
 
-def _chorale_jobs(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
+def _chorale_jobs(args: argparse.Namespace, rng: np.random.Generator):
+    """Jobs of the first set, and the chorale paths it did not draw (in random order)."""
     from music21 import corpus
 
     paths = sorted(str(p) for p in corpus.getComposer("bach") if str(p).endswith((".mxl", ".xml")))
@@ -164,7 +189,7 @@ def _chorale_jobs(args: argparse.Namespace, rng: np.random.Generator) -> list[di
                 "seed": int(rng.integers(1 << 31)),
             }
         )
-    return jobs
+    return jobs, [paths[i] for i in order[int(n * 1.3) :]]
 
 
 def _planetblupi_jobs(rng: np.random.Generator) -> list[dict]:
@@ -176,23 +201,39 @@ def _planetblupi_jobs(rng: np.random.Generator) -> list[dict]:
     ]
 
 
+def _extra_jobs(paths: list[str], rng: np.random.Generator) -> list[dict]:
+    """The second, training-only set: unused chorales and the planetblupi training files again,
+    on MuseScore General, with the drums from it or (half the time) from an AVL kit."""
+    extra = [{"kind": "chorale", "path": p} for p in paths]
+    extra += [{"kind": "midi", "path": str(f)} for f in sorted(PLANETBLUPI.glob("*.mid"))[:-3]]
+    for job in extra:
+        kit = rng.choice(["MuseScore_General", *AVL_KITS], p=[0.5, 0.25, 0.25])
+        job.update(split="train", seed=int(rng.integers(1 << 31)), tag="ms")
+        job.update(font="MuseScore_General", drum_font=str(kit))
+    return extra
+
+
 def _render_job(job: dict, root: str) -> dict:
     rng = np.random.default_rng(job["seed"])
-    font = "FluidR3_GM" if rng.random() < 0.7 else "TimGM6mb"
+    font = job.get("font") or ("FluidR3_GM" if rng.random() < 0.7 else "TimGM6mb")
+    drum_font = job.get("drum_font", font)
     if job["kind"] == "chorale":
         parts, info = _chorale_events(job["path"], rng, font)
     else:
         parts, info = _midi_events(job["path"], rng, font)
     name = f"{job['kind']}-{Path(job['path']).name.rsplit('.', 1)[0]}"
+    name += f"-{job['tag']}" if "tag" in job else ""
     if parts is None:
         return {"name": name, "split": "skipped", "seconds": 0.0, **info}
     folder = Path(root) / job["split"] / name
     if _complete(folder):  # an earlier, interrupted build wrote it: the same job gives the same
         seconds = sf.info(str(folder / "mixture.wav")).duration
     else:
-        stems = _level({stem: _render(events, font) for stem, events in parts.items()}, rng)
+        fonts = {stem: drum_font if stem == "drums" else font for stem in parts}
+        stems = _level({stem: _render(ev, fonts[stem]) for stem, ev in parts.items()}, rng)
         _write(folder, stems)
         seconds = next(iter(stems.values())).shape[1] / RATE
+    info = {**info, "drum_soundfont": drum_font} if drum_font != font else info
     return {"name": name, "split": job["split"], "seconds": seconds, "soundfont": font, **info}
 
 
@@ -351,6 +392,13 @@ def _midi_events(path: str, rng: np.random.Generator, font: str, max_seconds: fl
 
 def _render(events: list, font: str) -> np.ndarray:
     """Render one stem's events with fluidsynth: (2, frames) float32 at RATE."""
+    if font in AVL_KITS:  # the kit is melodic preset 0-0: play channel 10 on channel 1
+        events = [
+            (t, m.copy(channel=0, program=0) if m.type == "program_change" else m.copy(channel=0))
+            for t, m in events
+            if getattr(m, "channel", None) == 9
+            and not (m.type == "control_change" and m.control in (0, 32))  # no bank selects
+        ]
     mid = mido.MidiFile(ticks_per_beat=960)  # tempo 120 bpm: 1920 ticks per second
     track = mido.MidiTrack()
     mid.tracks.append(track)
@@ -371,6 +419,7 @@ def _render(events: list, font: str) -> np.ndarray:
         mid.save(mid_path)
         cmd = [
             "fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(RATE), "-O", "float", "-T", "wav",
+            "-o", "synth.dynamic-sample-loading=1",  # only the samples played: sf3 in 1 s, not 6
             "-F", str(wav_path), str(SOUNDFONTS[font]), str(mid_path),
         ]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, timeout=300)
