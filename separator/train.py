@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import io
 import math
 import os
 import time
@@ -216,7 +217,7 @@ class Trainer:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             _write_yaml(self.out / "recipe.yaml", self.recipe.to_dict())
-        log = _Log(self.out / "train.csv", self.dist.main)
+        log = _Log(self.out / "train.csv", self.dist.main, self.state["step"])
         loader = self._loader(self.state["step"], end)
         while self.state["step"] < end:
             step = self.state["step"]
@@ -408,11 +409,19 @@ class _Log:
 
     FIELDS = ("step", "loss", "lr", "grad_norm", "seconds", "val_sdr")
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
+        if path.exists():  # keep only rows up to the checkpoint resumed from: a killed run
+            with open(path, newline="") as f:  # logged steps past it, which now run again
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=self.FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write(path, text.getvalue().encode())
         new = not path.exists()
         self.file = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)

@@ -79,6 +79,25 @@ def test_resumed_run_continues_identically(musdb_example, tmp_path):
             assert torch.equal(wa[key][k], wb[key][k]), (key, k)
 
 
+def test_resume_drops_log_rows_past_the_checkpoint(musdb_example, tmp_path):
+    """A run killed between checkpoints logged steps that the resumed run logs again: the log
+    keeps each step once, with the resumed run's values."""
+    common = ["training.steps=5", "training.checkpoint_every=2", "validation.every=100"]
+    full = tiny(musdb_example, tmp_path / "a", *common)
+    train(full)
+    run = tmp_path / "b"
+    train(tiny(musdb_example, run, *common), stop_at=2)
+    ckpt2 = (run / "last.ckpt").read_bytes()
+    train(tiny(musdb_example, run, *common), resume=True, stop_at=3)  # logs step 3
+    (run / "last.ckpt").write_bytes(ckpt2)  # ... then "killed" before its next checkpoint
+    train(tiny(musdb_example, run, *common), resume=True)
+    steps = [int(r["step"]) for r in read_log(run / "train.csv") if r["loss"]]
+    assert steps == [1, 2, 3, 4, 5]
+    a = {int(r["step"]): r["loss"] for r in read_log(tmp_path / "a" / "train.csv") if r["loss"]}
+    b = {int(r["step"]): r["loss"] for r in read_log(run / "train.csv") if r["loss"]}
+    assert a == b
+
+
 def test_torchrun_two_processes_average_gradients(musdb_example, tmp_path):
     """2 processes × batch 1 (gloo) end where 1 process × batch 2 ends."""
     common = ["training.steps=2", "validation.every=100", "training.ema_decay=0"]
