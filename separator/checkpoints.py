@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from separator.audio import use_umask
 from separator.cards import ModelCard, check_name, is_card, save_card
 from separator.errors import CheckpointError, ConfigError
-from separator.zoo import sha256_file
+from separator.zoo import weights_entry
 
 _WRAPPERS = ("state", "state_dict", "model_state_dict", "model")
 
@@ -343,7 +343,7 @@ def convert_checkpoint(
         stems=card.stems,
         sample_rate=card.sample_rate,
         chunk_size=card.chunk_size,
-        weights={"file": output.name, "sha256": sha256_file(output), "size": output.stat().st_size},
+        weights=weights_entry(output),
         license="unknown: see the checkpoint's source",
         source=f"converted from {checkpoint.name} with {Path(config).name}",
     )

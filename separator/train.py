@@ -33,7 +33,7 @@ from separator.data import Augment, RandomMixDataset, find_tracks, load_track_ar
 from separator.errors import SeparatorError
 from separator.losses import separation_loss
 from separator.recipe import Recipe
-from separator.zoo import sha256_file
+from separator.zoo import weights_entry
 
 
 @dataclass
@@ -325,11 +325,7 @@ class Trainer:
         weights = self.out / "best.safetensors"
         card = dataclasses.replace(
             self.card,
-            weights={
-                "file": weights.name,
-                "sha256": sha256_file(weights),
-                "size": weights.stat().st_size,
-            },
+            weights=weights_entry(weights),
             sdr={
                 "benchmark": "validation (global SDR, dB)",
                 "mean": round(sdr, 3),

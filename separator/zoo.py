@@ -192,6 +192,11 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def weights_entry(path: Path) -> dict:
+    """A card's `weights` entry for a weights file beside the card: name, sha256, size."""
+    return {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
+
+
 def _check_hash_arg(url: str, sha256: str | None) -> str | None:
     if sha256 is None:
         return None

@@ -25,7 +25,7 @@ import yaml
 from separator.cards import save_card
 from separator.checkpoints import atomic_write, read_card
 from separator.cli import main as separator_main
-from separator.zoo import sha256_file
+from separator.zoo import weights_entry
 
 EVALS = {
     "rendered_test": ("rendered", "test", []),
@@ -127,11 +127,7 @@ def main() -> None:
     hours = sum(t["seconds"] for t in train) / 3600
     card = dataclasses.replace(
         card,
-        weights={
-            "file": weights.name,
-            "sha256": sha256_file(weights),
-            "size": weights.stat().st_size,
-        },
+        weights=weights_entry(weights),
         sdr={
             "benchmark": "held-out rendered tracks, global SDR (dB); full results below",
             **{s: rendered[s]["global"] for s in card.stems},
