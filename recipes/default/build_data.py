@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs, spare = _chorale_jobs(args, rng)
     jobs += _planetblupi_jobs(rng)
     hydrogen = zip(sorted(HYDROGEN_SONGS.glob("*.h2song")), rng.integers(1 << 31, size=100))
-    jobs += _extra_jobs(spare[: args.extra], rng)  # drawn last: the first set stays as it was
+    midi = [j["path"] for j in jobs if j["kind"] == "midi" and j["split"] == "train"]
+    jobs += _extra_jobs(spare[: args.extra], midi, rng)  # drawn last: the first set stays as is
     manifest = {"sources": _sources(), "tracks": []}
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(_render_job, job, str(out / "rendered")) for job in jobs]
@@ -201,11 +202,11 @@ def _planetblupi_jobs(rng: np.random.Generator) -> list[dict]:
     ]
 
 
-def _extra_jobs(paths: list[str], rng: np.random.Generator) -> list[dict]:
+def _extra_jobs(chorales: list[str], midi: list[str], rng: np.random.Generator) -> list[dict]:
     """The second, training-only set: unused chorales and the planetblupi training files again,
     on MuseScore General, with the drums from it or (half the time) from an AVL kit."""
-    extra = [{"kind": "chorale", "path": p} for p in paths]
-    extra += [{"kind": "midi", "path": str(f)} for f in sorted(PLANETBLUPI.glob("*.mid"))[:-3]]
+    extra = [{"kind": "chorale", "path": p} for p in chorales]
+    extra += [{"kind": "midi", "path": p} for p in midi]
     for job in extra:
         kit = rng.choice(["MuseScore_General", *AVL_KITS], p=[0.5, 0.25, 0.25])
         job.update(split="train", seed=int(rng.integers(1 << 31)), tag="ms")
