@@ -52,11 +52,11 @@ NOTES = (
     "demo songs, its bass and other from GM instruments of three soundfonts: real singing, "
     "real guitars and dense productions are out of its training distribution. rendered_test: "
     "held-out renderings (other scores; FluidR3_GM and TimGM6mb, two of the three training "
-    "soundfonts); stempeg: the real "
-    "4-stem excerpt shipped with stempeg (6 s); fof: the 8 Frets on Fire songs, where only "
-    "'guitar' (lead guitar, scored against our 'other') and 'rest' (everything else, scored "
-    "against vocals+drums+bass) exist, so rhythm guitars and keys in 'rest' count against us. "
-    "baseline = best scaled mixture (per stem, the mixture times its optimal gain)."
+    "soundfonts); stempeg: the real 4-stem excerpt shipped with stempeg (6 s); fof: the 8 "
+    "Frets on Fire songs, where only 'guitar' (lead guitar, scored against our 'other') and "
+    "'rest' (everything else, scored against vocals+drums+bass) exist, so rhythm guitars and "
+    "keys in 'rest' count against us. baseline = best scaled mixture (per stem, the mixture "
+    "times its optimal gain)."
 )
 
 
