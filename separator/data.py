@@ -2,9 +2,9 @@
 sampling with augmentation.
 
 Every training example is a pure function of (seed, index): stems drawn from random tracks at
-random offsets, random gain, channel swap, polarity inversion and stem dropout, all from a
-generator seeded with (seed, index). Any number of workers, and a resumed run, therefore see
-exactly the same batches.
+random offsets, random gain, channel swap, polarity inversion, stem dropout and (when asked) a
+random EQ or saturation per stem, all from a generator seeded with (seed, index). Any number of
+workers, and a resumed run, therefore see exactly the same batches.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import torch
 
@@ -140,6 +141,12 @@ class Augment:
     channel_swap: float = 0.5  # probability of swapping left and right
     polarity: float = 0.5  # probability of inverting the polarity
     drop_stem: float = 0.0  # probability of silencing a stem (it stays a target of zeros)
+    # Timbre (MSST's per-stem seven-band EQ and tanh distortion, in brief): applied to the stem
+    # before mixing, so the target changes with the mixture. Off (0) draws no random numbers, so
+    # recipes without them see the same batches as before they existed.
+    eq: float = 0.0  # probability of a random EQ: two peaking filters of gain within ±eq_db
+    eq_db: float = 6.0
+    distortion: float = 0.0  # probability of tanh saturation, 0-18 dB of drive, same RMS
 
 
 @dataclass
@@ -200,12 +207,49 @@ class RandomMixDataset(torch.utils.data.Dataset):
         swap = rng.random(n) < a.channel_swap
         flip = rng.random(n) < a.polarity
         drop = rng.random(n) < a.drop_stem
+        if a.eq > 0 or a.distortion > 0:
+            self._timbre(stems, rng)
         for i in range(n):
             if swap[i] and stems.shape[1] == 2:
                 stems[i] = stems[i, ::-1]
             sign = -1.0 if flip[i] else 1.0
             stems[i] *= 0.0 if drop[i] else sign * gains[i]
         return np.ascontiguousarray(stems, dtype=np.float32)
+
+    def _timbre(self, stems: np.ndarray, rng: np.random.Generator) -> None:
+        a, rate = self.augment, self.tracks[0].sample_rate
+        for i in range(stems.shape[0]):
+            if rng.random() < a.eq:
+                freqs = np.exp(rng.uniform(np.log(60.0), np.log(min(12000.0, 0.45 * rate)), 2))
+                sos = np.concatenate(
+                    [peaking_sos(f, rng.uniform(-a.eq_db, a.eq_db), rng.uniform(0.5, 2.0), rate)
+                     for f in freqs]
+                )  # fmt: skip
+                stems[i] = scipy.signal.sosfilt(sos, stems[i], axis=-1)
+            if rng.random() < a.distortion:
+                stems[i] = saturate(stems[i], rng.uniform(0.0, 18.0))
+
+
+def peaking_sos(freq: float, gain_db: float, q: float, rate: int) -> np.ndarray:
+    """One peaking-EQ biquad as a (1, 6) SOS row: `gain_db` at `freq`, unity far from it
+    (coefficients from R. Bristow-Johnson's "Audio EQ Cookbook")."""
+    amp = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * freq / rate
+    alpha = np.sin(w0) / (2 * q)
+    b = np.array([1 + alpha * amp, -2 * np.cos(w0), 1 - alpha * amp])
+    a = np.array([1 + alpha / amp, -2 * np.cos(w0), 1 - alpha / amp])
+    return np.concatenate([b / a[0], a / a[0]])[None]
+
+
+def saturate(x: np.ndarray, drive_db: float) -> np.ndarray:
+    """tanh saturation: the 99th percentile of |x| is driven to `drive_db` above 1, and the
+    result is scaled back to the RMS of `x` (a silent input comes back unchanged)."""
+    level = np.percentile(np.abs(x), 99)
+    rms = np.sqrt(np.mean(x**2))
+    if level < 1e-6 or rms < 1e-9:
+        return x
+    y = np.tanh(x * (10 ** (drive_db / 20) / level))
+    return y * (rms / max(np.sqrt(np.mean(y**2)), 1e-12))
 
 
 def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:

@@ -38,6 +38,9 @@ class AugmentSection:
     channel_swap: float = 0.5
     polarity: float = 0.5
     drop_stem: float = 0.0
+    eq: float = 0.0  # probability per stem of a random two-band peaking EQ within ±eq_db
+    eq_db: float = 6.0
+    distortion: float = 0.0  # probability per stem of tanh saturation (0-18 dB of drive)
 
 
 @dataclass(frozen=True)

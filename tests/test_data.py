@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 import torch
 from conftest import write_musdb_folder
@@ -16,6 +17,7 @@ from separator.data import (
     RandomMixDataset,
     find_tracks,
     load_track_arrays,
+    peaking_sos,
 )
 from separator.errors import SeparatorError
 
@@ -104,6 +106,33 @@ def test_augmentations(tmp_path):
     torch.testing.assert_close(gained, stems * 10 ** (6 / 20), rtol=1e-5, atol=1e-7)
     dropped = _dataset(tmp_path, augment=Augment(drop_stem=1.0))[1]
     assert dropped[0].abs().max() == 0 and dropped[1].abs().max() == 0
+
+
+def test_peaking_eq_has_its_gain_at_its_frequency_and_none_far_away():
+    rate, t = 44100, np.arange(44100) / 44100
+    sos = peaking_sos(1000.0, 9.0, 1.0, rate)
+    for freq, want_db in ((1000.0, 9.0), (40.0, 0.0), (16000.0, 0.0)):
+        y = scipy.signal.sosfilt(sos, np.sin(2 * np.pi * freq * t))[rate // 2 :]  # steady state
+        got_db = 20 * np.log10(np.sqrt(2 * np.mean(y**2)))
+        assert abs(got_db - want_db) < 0.25, (freq, got_db)
+
+
+def test_timbre_augmentations(tmp_path):
+    write_musdb_folder(tmp_path, {"A": _song()})
+    off = dict(gain_db=(0, 0), channel_swap=0, polarity=0)
+    plain = _dataset(tmp_path, augment=Augment(**off))[1][1]
+    # A 0 dB EQ is the identity; the same draws with ±9 dB change every stem's spectrum.
+    flat = _dataset(tmp_path, augment=Augment(**off, eq=1.0, eq_db=0.0))[1][1]
+    torch.testing.assert_close(flat, plain, rtol=1e-5, atol=1e-6)
+    eq_mix, eq = _dataset(tmp_path, augment=Augment(**off, eq=1.0, eq_db=9.0))[1]
+    assert all((eq[i] - plain[i]).abs().max() > 1e-3 * plain[i].abs().max() for i in range(4))
+    torch.testing.assert_close(eq_mix, eq.sum(0))  # the mixture is still the sum of the targets
+    # Saturation keeps each stem's RMS and lowers its crest factor (peak / RMS).
+    dist = _dataset(tmp_path, augment=Augment(**off, distortion=1.0))[1][1]
+    for i in range(4):
+        rms, rms_d = plain[i].pow(2).mean().sqrt(), dist[i].pow(2).mean().sqrt()
+        torch.testing.assert_close(rms_d, rms, rtol=1e-4, atol=1e-7)
+        assert dist[i].abs().max() / rms_d < plain[i].abs().max() / rms
 
 
 def test_min_mean_abs_skips_silence(tmp_path):
