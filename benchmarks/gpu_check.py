@@ -3,7 +3,7 @@
     python3 benchmarks/gpu_check.py [--out DIR]
 
 1. The embedded default model on the example clip: CUDA fp32 against the CPU, bf16 and fp16
-   autocast and `torch.compile` against CUDA fp32 (SNR of the stems, dB).
+   autocast and `torch.compile` against CUDA fp32 (global SDR of the stems, dB).
 2. Inference speed on the GPU (real-time factor, median of 3): the default model, and
    MSST-size BS- and Mel-RoFormers with random weights (dim 512 / depth 12 and dim 384 /
    depth 6, 8 s chunks), fp32 and bf16.
@@ -39,8 +39,9 @@ from separator.api import Separator, load_pretrained  # noqa: E402
 from separator.checkpoints import build_model, read_card  # noqa: E402
 from separator.data import write_track  # noqa: E402
 from separator.losses import separation_loss  # noqa: E402
+from separator.metrics import sdr  # noqa: E402
 from separator.recipe import load_recipe  # noqa: E402
-from separator.train import train  # noqa: E402
+from separator.train import recipe_card, train  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "bach_bwv10.7.flac"
 LINES: list[str] = []
@@ -49,11 +50,6 @@ LINES: list[str] = []
 def say(line: str = "") -> None:
     print(line, flush=True)
     LINES.append(line)
-
-
-def snr(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum().item()
-    return 10 * np.log10(ref.pow(2).sum().item() / max(noise, 1e-20))
 
 
 def synced_median(fn, repeats: int = 3) -> float:
@@ -69,7 +65,7 @@ def synced_median(fn, repeats: int = 3) -> float:
 
 
 def check_default_model() -> None:
-    say("## 1. default model on the example clip (12 s): agreement, SNR in dB")
+    say("## 1. default model on the example clip (12 s): agreement as global SDR, dB")
     audio, rate = sf.read(EXAMPLE, dtype="float32", always_2d=True)
     wav = torch.from_numpy(audio.T.copy())
     model = load_pretrained(ROOT / "pretrained" / "separator_default.yaml")
@@ -87,9 +83,9 @@ def check_default_model() -> None:
         out = out.separate_tensor(wav, rate)
         took = time.perf_counter() - t0
         base, against = (cpu, "cpu fp32") if ref is None else (ref, "cuda fp32")
-        worst = min(snr(base[s], out[s]) for s in base)
+        worst = min(float(sdr(base[s], out[s])) for s in base)
         diff = max((base[s] - out[s]).abs().max().item() for s in base)
-        say(f"{name:18s} vs {against}: worst stem SNR {worst:6.1f} dB, max |diff| {diff:.2e}"
+        say(f"{name:18s} vs {against}: worst stem SDR {worst:6.1f} dB, max |diff| {diff:.2e}"
             f"  ({took:.1f} s incl. load)")  # fmt: skip
         ref = out if ref is None else ref
 
@@ -134,10 +130,7 @@ def check_training_speed() -> None:
     say("\n## 3. training speed of the MUSDB18HQ recipes' models (bf16, random data)")
     for name in ("musdb18hq_bs_roformer", "musdb18hq_mel_roformer"):
         recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
-        card = read_card({"model": dict(recipe.model.args),
-                          "audio": {"chunk_size": recipe.audio.chunk_size,
-                                    "sample_rate": recipe.audio.sample_rate},
-                          "training": {"instruments": list(recipe.data.stems)}})  # fmt: skip
+        card = recipe_card(recipe)
         torch.manual_seed(0)
         model = build_model(card).cuda().train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)

@@ -64,6 +64,20 @@ def init_distributed() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
+def recipe_card(recipe: Recipe) -> ModelCard:
+    """The model card of a recipe's model (its own model arguments, stems, rate and chunk)."""
+    return ModelCard(
+        name=recipe.name,
+        architecture=recipe.model.architecture,
+        model=dict(recipe.model.args),
+        stems=recipe.model_stems,
+        sample_rate=recipe.audio.sample_rate,
+        chunk_size=recipe.audio.chunk_size,
+        license=recipe.license,
+        source=f"trained with separator recipe {recipe.name}",
+    )
+
+
 def learning_rate(recipe: Recipe, step: int, plateau_scale: float) -> float:
     """Warm-up (linear) then cosine decay, plateau reductions, or constant."""
     t = recipe.training
@@ -108,7 +122,7 @@ class Trainer:
         self.dist = init_distributed()
         self.out = Path(recipe.output_dir)
         torch.manual_seed(recipe.seed)
-        self.card = self._card()  # what `export` writes: the recipe's own model arguments
+        self.card = recipe_card(recipe)  # what `export` writes: the recipe's own model arguments
         args = dict(recipe.model.args)
         if recipe.training.grad_checkpoint:
             args["use_torch_checkpoint"] = True
@@ -146,19 +160,6 @@ class Trainer:
         self.dataset = self._dataset()
 
     # --- set-up ----------------------------------------------------------------------------
-    def _card(self) -> ModelCard:
-        r = self.recipe
-        return ModelCard(
-            name=r.name,
-            architecture=r.model.architecture,
-            model=dict(r.model.args),
-            stems=r.model_stems,
-            sample_rate=r.audio.sample_rate,
-            chunk_size=r.audio.chunk_size,
-            license=r.license,
-            source=f"trained with separator recipe {r.name}",
-        )
-
     def _dataset(self) -> RandomMixDataset:
         r = self.recipe
         d = r.data
