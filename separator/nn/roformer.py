@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from separator.nn.bands import BandSplit, MaskEstimator, stft_bins
 from separator.nn.config import RoformerConfig
 from separator.nn.layers import RMSNorm, RotaryEmbedding, Transformer
+from separator.nn.stft import istft, stft
 
 
 class RoformerBase(nn.Module):
@@ -154,31 +155,22 @@ class RoformerBase(nn.Module):
             n_fft=c.stft_n_fft,
             hop_length=c.stft_hop_length,
             win_length=c.stft_win_length,
-            window=self.stft_window.float(),
+            window=self.stft_window,
             normalized=c.stft_normalized,
         )
 
     def _stft(self, audio: Tensor) -> Tensor:
         """(b, s, time) -> (b, s, f, t) complex, always in float32 (also under autocast)."""
-        b, s, length = audio.shape
-        with torch.autocast(audio.device.type, enabled=False):
-            spec = torch.stft(
-                audio.reshape(b * s, length).float(), **self._stft_args(), return_complex=True
-            )
-        return spec.view(b, s, *spec.shape[-2:])
+        return stft(audio, **self._stft_args())
 
     def _istft(self, spec: Tensor, masks: Tensor, length: int) -> Tensor:
         """Apply complex masks (b, t, n, f, s, c) to spec (b, s, f, t); iSTFT to (b, n, s, time)."""
-        c = self.config
-        b, s, f, t = spec.shape
-        n = masks.shape[2]
         with torch.autocast(spec.device.type, enabled=False):
             m = torch.view_as_complex(masks.float())  # (b, t, n, f, s)
             out = m.permute(0, 2, 4, 3, 1) * spec.unsqueeze(1)  # (b, n, s, f, t)
-            if c.zero_dc:
+            if self.config.zero_dc:
                 out[:, :, :, 0] = 0
-            wav = torch.istft(out.reshape(b * n * s, f, t), **self._stft_args(), length=length)
-        return wav.view(b, n, s, length)
+        return istft(out, **self._stft_args(), length=length)
 
     def _assemble_masks(self, masks: Tensor) -> Tensor:
         """(rows, n, band features) -> (rows, n, f·s·c) on the full spectrum."""
