@@ -4,7 +4,7 @@ The same format serves the embedded default model, community checkpoints and wha
 recipes export:
 
     name: bs_roformer_example
-    architecture: bs_roformer            # key of separator.nn.ARCHITECTURES
+    architecture: bs_roformer            # a family in separator.nn.FAMILIES
     model: {dim: 384, depth: 6, ...}     # constructor arguments (an MSST `model:` section)
     stems: [vocals, other]
     sample_rate: 44100
@@ -58,14 +58,13 @@ class ModelCard:
     path: Path | None = None
 
     def __post_init__(self) -> None:
-        from separator.nn import ARCHITECTURES
+        from separator.nn import get_family
 
         check_name(self.name, "model name")
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(
-                f"card {self.name}: unknown architecture {self.architecture!r} "
-                f"(known: {', '.join(ARCHITECTURES)})"
-            )
+        try:
+            get_family(self.architecture)
+        except ConfigError as e:
+            raise ConfigError(f"card {self.name}: {e}") from None
         object.__setattr__(self, "stems", tuple(check_name(s) for s in self.stems))
         if len(set(self.stems)) != len(self.stems):
             raise ConfigError(f"card {self.name}: duplicate stem names {self.stems}")

@@ -204,18 +204,17 @@ def read_card(config: str | Path | Mapping[str, Any]) -> ModelCard:
 
 def build_model(card: ModelCard) -> nn.Module:
     """Construct (untrained) the model a card describes, with its engine attributes set."""
-    from separator.nn import ARCHITECTURES
+    from separator.nn import get_family
 
-    cls = ARCHITECTURES[card.architecture]
-    kwargs = dict(card.model)
-    if card.architecture == "bs_roformer":
-        kwargs["sample_rate"] = card.sample_rate
     try:
-        model = cls(**kwargs)
+        return get_family(card.architecture).build(
+            dict(card.model),
+            sample_rate=card.sample_rate,
+            stems=card.stems,
+            chunk_size=card.chunk_size,
+        )
     except ConfigError as e:
         raise ConfigError(f"{card.path or card.name}: {e}") from None
-    model.set_io(sample_rate=card.sample_rate, stems=card.stems, chunk_size=card.chunk_size)
-    return model
 
 
 def load_model(

@@ -22,7 +22,7 @@ from separator.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelSection:
-    architecture: str = "bs_roformer"  # key of separator.nn.ARCHITECTURES
+    architecture: str = "bs_roformer"  # a family in separator.nn.FAMILIES
     args: dict[str, Any] = field(default_factory=dict)  # an MSST `model:` section
 
 

@@ -1,20 +1,26 @@
-"""Torch modules only: the two RoFormers and their building blocks (no I/O, losses or chunking)."""
+"""Torch modules only, one module (or folder) per model family, and the family registry.
+
+`nn` imports nothing of the package but the errors: models know nothing of chunking, I/O, cards
+or the CLI. `FAMILIES` maps a card's `architecture` to its `Family` (see `separator.nn.family`).
+"""
 
 from separator.nn.bs_roformer import BSRoformer
 from separator.nn.config import BSRoformerConfig, MelRoformerConfig, RoformerConfig
+from separator.nn.family import Family, set_io
 from separator.nn.mel_roformer import MelBandRoformer
-
-# Registry: MSST `model_type` names -> class.
-ARCHITECTURES = {
-    "bs_roformer": BSRoformer,
-    "mel_band_roformer": MelBandRoformer,
-}
+from separator.nn.registry import FAMILIES, get_family, infer_msst_family, register, unregister
 
 __all__ = [
-    "ARCHITECTURES",
+    "FAMILIES",
     "BSRoformer",
     "BSRoformerConfig",
+    "Family",
     "MelBandRoformer",
     "MelRoformerConfig",
     "RoformerConfig",
+    "get_family",
+    "infer_msst_family",
+    "register",
+    "set_io",
+    "unregister",
 ]

@@ -3,18 +3,20 @@ arXiv 2309.02612; SDX23 winner). Fixed, non-overlapping bands given by `freqs_pe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 
 from separator.nn.config import BSRoformerConfig
-from separator.nn.roformer import RoformerBase
+from separator.nn.roformer import RoformerBase, roformer_family
 
 
 class BSRoformer(RoformerBase):
     """BS-RoFormer with MSST's parameter layout. Keyword arguments: an MSST `model:` section."""
 
     _extra_mask_layer = 0
+    config_class = BSRoformerConfig
 
     def __init__(self, *, sample_rate: int = 44100, **model: Any) -> None:
         config = BSRoformerConfig.from_dict(model)
@@ -25,3 +27,13 @@ class BSRoformer(RoformerBase):
     def _assemble_masks(self, masks: Tensor) -> Tensor:
         # Bands tile the spectrum in order, so the band features already are the full spectrum.
         return masks
+
+
+def _msst_match(model: Mapping[str, Any]) -> int:
+    """A RoFormer section without Mel bands: MSST's BS-RoFormer (its band layout may default)."""
+    if "num_bands" in model or not {"dim", "depth"} <= set(model):
+        return 0
+    return 2 if "freqs_per_bands" in model else 1
+
+
+FAMILY = roformer_family("bs_roformer", BSRoformer, _msst_match)

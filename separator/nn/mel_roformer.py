@@ -3,6 +3,7 @@ arXiv 2310.01809). Overlapping bands on the mel scale; overlapping masks are ave
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from separator.nn.bands import band_feature_index, mel_band_matrix
 from separator.nn.config import MelRoformerConfig
-from separator.nn.roformer import RoformerBase
+from separator.nn.roformer import RoformerBase, roformer_family
 
 
 class MelBandRoformer(RoformerBase):
@@ -20,6 +21,7 @@ class MelBandRoformer(RoformerBase):
     """
 
     _extra_mask_layer = 1
+    config_class = MelRoformerConfig
 
     def __init__(self, **model: Any) -> None:
         config = MelRoformerConfig.from_dict(model)
@@ -40,3 +42,13 @@ class MelBandRoformer(RoformerBase):
         full = masks.new_zeros(rows, n, self._band_count.numel())
         full.index_add_(2, self._feature_index, masks)
         return full / self._band_count
+
+
+def _msst_match(model: Mapping[str, Any]) -> int:
+    """A RoFormer section with `num_bands`: MSST's Mel-Band RoFormer."""
+    if "freqs_per_bands" in model:
+        return 0
+    return 2 if "num_bands" in model and {"dim", "depth"} <= set(model) else 0
+
+
+FAMILY = roformer_family("mel_band_roformer", MelBandRoformer, _msst_match)

@@ -9,7 +9,9 @@ how the per-band mask features are put back onto the spectrum (`_assemble_masks`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from separator.nn.bands import BandSplit, MaskEstimator, stft_bins
 from separator.nn.config import RoformerConfig
+from separator.nn.family import Family, msst_audio, msst_stems, set_io
 from separator.nn.layers import RMSNorm, RotaryEmbedding, Transformer
 from separator.nn.stft import istft, stft
 
@@ -30,6 +33,7 @@ class RoformerBase(nn.Module):
     """
 
     config: RoformerConfig
+    config_class: type[RoformerConfig] = RoformerConfig
     # Estimators of Mel: depth hidden layers; of BS: depth - 1 (MSST's two `MLP` functions differ).
     _extra_mask_layer: int = 0
 
@@ -45,7 +49,6 @@ class RoformerBase(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.audio_channels = c.audio_channels
         self.n_bins = stft_bins(c.stft_n_fft)
         tkw = dict(
             dim=c.dim,
@@ -92,12 +95,14 @@ class RoformerBase(nn.Module):
     ) -> None:
         """Set the attributes of the engine protocol (rate in Hz, stem names, chunk in samples)."""
         n = self.config.num_stems
-        stems = tuple(stems) if stems is not None else tuple(f"stem{i}" for i in range(n))
-        if len(stems) != n:
-            raise ValueError(f"{len(stems)} stem names given for a model with num_stems={n}")
-        self.sample_rate = int(sample_rate)
-        self.stems = stems
-        self.chunk_size = int(chunk_size) if chunk_size else 8 * self.sample_rate
+        set_io(
+            self,
+            sample_rate=int(sample_rate),
+            stems=stems if stems is not None else [f"stem{i}" for i in range(n)],
+            chunk_size=int(chunk_size) if chunk_size else 8 * int(sample_rate),
+            audio_channels=self.config.audio_channels,
+            num_stems=n,
+        )
 
     # --- forward --------------------------------------------------------------------------
     def forward(self, audio: Tensor) -> Tensor:
@@ -175,3 +180,33 @@ class RoformerBase(nn.Module):
     def _assemble_masks(self, masks: Tensor) -> Tensor:
         """(rows, n, band features) -> (rows, n, f·s·c) on the full spectrum."""
         raise NotImplementedError
+
+
+def roformer_family(
+    name: str, cls: type[RoformerBase], msst_match: Callable[[Mapping[str, Any]], int]
+) -> Family:
+    """The `Family` record of a RoFormer class: its card `model:` is an MSST `model:` section."""
+
+    def build(
+        model: Mapping[str, Any], *, sample_rate: int, stems: Sequence[str], chunk_size: int
+    ) -> RoformerBase:
+        kwargs = dict(model)
+        if "sample_rate" not in {f.name for f in dataclasses.fields(cls.config_class)}:
+            kwargs["sample_rate"] = sample_rate  # BS-RoFormer's own config has no rate
+        module = cls(**kwargs)
+        module.set_io(sample_rate=sample_rate, stems=stems, chunk_size=chunk_size)
+        return module
+
+    def from_msst(config: Mapping[str, Any]) -> dict[str, Any]:
+        model = dict(config.get("model") or {})
+        rate, chunk = msst_audio(config)
+        stems = msst_stems(config, int(model.get("num_stems", 1)))
+        return {"model": model, "stems": stems, "sample_rate": rate, "chunk_size": chunk}
+
+    return Family(
+        name=name,
+        build=build,
+        from_msst=from_msst,
+        msst_match=msst_match,
+        description=cls.__doc__.splitlines()[0] if cls.__doc__ else name,
+    )
