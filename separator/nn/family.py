@@ -1,4 +1,4 @@
-"""What a model family is to the rest of the package: `Family`, plus the helpers every family shares.
+"""What a model family is to the package: `Family`, and the helpers every family shares.
 
 A family turns a card's `model:` section (its constructor arguments, as the reference's config
 writes them) into an `nn.Module` that follows the engine protocol: `forward((B, C, T)) ->
