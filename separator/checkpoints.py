@@ -43,15 +43,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping safely. Errors name the file."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_ConfigLoader)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str = "config") -> dict[str, Any]:
+    """Parse YAML text into a mapping (safe loader plus `!!python/tuple`). Errors name `where`."""
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: not a valid config YAML ({first})") from None
+        raise ConfigError(f"{where}: not a valid config YAML ({first})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+        raise ConfigError(f"{where}: expected a YAML mapping at the top level")
     return data
 
 
