@@ -75,7 +75,7 @@ def worker(method: str, folder: Path) -> None:
         def run():
             return museval.evaluate(ref, est, win=44100, hop=44100)
     else:
-        from separator.metrics import bss_eval, framewise_sdr
+        from separator.evaluation.metrics import bss_eval, framewise_sdr
 
         # Our layout is (sources, channels, time): contiguous copies made before timing.
         ref_t = np.ascontiguousarray(ref.transpose(0, 2, 1))

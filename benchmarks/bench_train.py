@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_models import COMMON, machine_info
 
-from separator.losses import separation_loss
+from separator.training.losses import separation_loss
 
 
 def steps_per_second(step, repeats: int) -> float:

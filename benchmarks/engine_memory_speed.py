@@ -50,7 +50,7 @@ class StubModel(nn.Module):
 
 
 def run_ours(src: Path, out: Path) -> None:
-    from separator.api import Separator
+    from separator.inference import Separator
 
     sep = Separator(StubModel(), device="cpu", overlap=OVERLAP, batch_size=1)
     sep.separate_file(src, output_dir=out, bits=16, clip="clamp", force=True)

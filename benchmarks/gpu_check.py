@@ -35,13 +35,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from separator.api import Separator, load_pretrained  # noqa: E402
-from separator.checkpoints import build_model, read_card  # noqa: E402
-from separator.data import write_track  # noqa: E402
-from separator.losses import separation_loss  # noqa: E402
-from separator.metrics import sdr  # noqa: E402
-from separator.recipe import load_recipe  # noqa: E402
-from separator.train import recipe_card, train  # noqa: E402
+from separator.datasets import write_track  # noqa: E402
+from separator.evaluation.metrics import sdr  # noqa: E402
+from separator.inference import Separator  # noqa: E402
+from separator.training.losses import separation_loss  # noqa: E402
+from separator.training.recipe import load_recipe  # noqa: E402
+from separator.training.trainer import recipe_card, train  # noqa: E402
+from separator.zoo import build_model, read_card  # noqa: E402
+from separator.zoo import load_model as load_pretrained  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "bach_bwv10.7.flac"
 LINES: list[str] = []

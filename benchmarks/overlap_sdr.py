@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from msst_style import msst_demix
 
-from separator.audio import resample
-from separator.engine import StreamingEngine
+from separator.inference.audio import resample
+from separator.inference.engine import StreamingEngine
 
 OURS = (1.5, 2.0, 3.0, 4.0)  # overlap = evaluations per sample; 2.0 is the default
 MSST = (2, 4)  # num_overlap; 4 is MSST's default
@@ -72,7 +72,7 @@ def load_tracks(
 
 def load(args: argparse.Namespace) -> torch.nn.Module:
     if args.tiny_random:
-        from separator.checkpoints import build_model, read_card
+        from separator.zoo import build_model, read_card
 
         torch.manual_seed(0)
         cfg = {"audio": {"chunk_size": 44100, "sample_rate": 44100},
@@ -80,7 +80,7 @@ def load(args: argparse.Namespace) -> torch.nn.Module:
                          "dim_head": 8, "time_transformer_depth": 1, "freq_transformer_depth": 1},
                "training": {"instruments": ["drums", "bass", "other", "vocals"]}}  # fmt: skip
         return build_model(read_card(cfg)).eval()
-    from separator.api import load_pretrained
+    from separator.zoo import load_model as load_pretrained
 
     return load_pretrained(args.model, config=args.config).eval()
 

@@ -1,4 +1,9 @@
-"""The one exception type for errors a user can cause (bad file, bad config, bad option)."""
+"""The exception types for errors a user can cause (bad file, bad config, bad argument).
+
+Messages name the file or setting and how to fix it. They speak of the library's arguments,
+written in backticks (`config`, `force=True`); the CLI shows its own flags in their place
+(`separator.cli.common.ARGUMENT_FLAGS`).
+"""
 
 
 class SeparatorError(Exception):

@@ -47,7 +47,7 @@ def stempeg_example() -> dict:
 
 def write_musdb_folder(root: Path, tracks: dict[str, dict], subset: str = "train") -> Path:
     """Write {track name: {stem: (channels, frames)}} at 44.1 kHz as a MUSDB18HQ-layout folder."""
-    from separator.data import write_track
+    from separator.datasets import write_track
 
     for name, stems in tracks.items():
         write_track(root / subset / name, stems, 44100)
@@ -57,8 +57,8 @@ def write_musdb_folder(root: Path, tracks: dict[str, dict], subset: str = "train
 @pytest.fixture(scope="session")
 def musdb_example(stempeg_example, tmp_path_factory) -> Path:
     """A small MUSDB18HQ-layout folder made from the real stempeg stems
-    (`separator.data.example_folder`): train/ holds two 3-second halves and the whole excerpt
+    (`separator.datasets.example_folder`): train/ holds two 3-second halves and the whole excerpt
     under the name of a musdb validation track; test/ the whole excerpt."""
-    from separator.data import example_folder
+    from separator.datasets import example_folder
 
     return example_folder(tmp_path_factory.mktemp("musdb18hq"))

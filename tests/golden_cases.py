@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from separator.checkpoints import parse_yaml
+from separator.files import parse_yaml
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

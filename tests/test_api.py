@@ -8,9 +8,11 @@ import soundfile as sf
 import torch
 from tiny_models import ConvModel, GainModel, noise, write_wav
 
-from separator.api import Separator, load_pretrained, output_paths
-from separator.engine import separate_tensor
 from separator.errors import SeparatorError
+from separator.inference import Separator
+from separator.inference.engine import separate_tensor
+from separator.inference.separator import output_paths
+from separator.zoo import load_model as load_pretrained
 
 
 def sine(frames: int, rate: int, channels: int = 2) -> np.ndarray:
@@ -97,7 +99,7 @@ def test_outputs_never_overwritten_without_force(tmp_path):
     sep = Separator(GainModel(), device="cpu")
     first = sep.separate_file(path, "vocals", output_dir=tmp_path / "o")["vocals"]
     stamp = first.read_bytes()
-    with pytest.raises(SeparatorError, match="already exists.*--force"):
+    with pytest.raises(SeparatorError, match="already exists.*`force=True`"):
         sep.separate_file(path, "vocals", output_dir=tmp_path / "o")
     assert first.read_bytes() == stamp
     sep.separate_file(path, "vocals", output_dir=tmp_path / "o", force=True, bits=16)

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 from tiny_models import noise, write_wav
 
-from separator.audio import Resampler, StemWriter, open_audio, output_subtype, resample
 from separator.errors import SeparatorError
+from separator.inference.audio import Resampler, StemWriter, open_audio, output_subtype, resample
 
 
 def test_blocks_roundtrip(tmp_path):
@@ -128,7 +128,7 @@ def test_unsupported_output_settings():
 def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     import os
 
-    from separator.audio import StemWriter
+    from separator.inference.audio import StemWriter
 
     old = os.umask(0o022)
     try:

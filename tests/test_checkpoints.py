@@ -11,18 +11,13 @@ import pytest
 import torch
 import yaml
 
-from separator.checkpoints import (
-    convert_checkpoint,
-    detect_architecture,
-    load_model,
-    load_state_dict,
-    read_card,
-    read_yaml,
-    save_state_dict,
-)
 from separator.cli import main
 from separator.errors import CheckpointError, ConfigError
-from separator.nn import BSRoformer, MelBandRoformer
+from separator.files import read_yaml
+from separator.nn import BSRoformer, MelBandRoformer, infer_msst_family
+from separator.zoo import load_model, read_card
+from separator.zoo.formats import load_state_dict, save_state_dict
+from separator.zoo.loader import convert_checkpoint
 
 # A real-shaped MSST config (layout of the community BS-RoFormer YAMLs), shrunk so tests are fast.
 MSST_BS_YAML = """\
@@ -161,11 +156,13 @@ def test_yaml_refuses_arbitrary_python_objects(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_detect_architecture():
-    assert detect_architecture({"num_bands": 60}) == "mel_band_roformer"
-    assert detect_architecture({"freqs_per_bands": (2, 2)}) == "bs_roformer"
-    with pytest.raises(ConfigError):
-        detect_architecture({"num_bands": 60, "freqs_per_bands": (1,)})
+def test_model_type_inferred_from_keys():
+    shape = {"dim": 8, "depth": 1}
+    assert infer_msst_family({**shape, "num_bands": 60}).name == "mel_band_roformer"
+    assert infer_msst_family({**shape, "freqs_per_bands": (2, 2)}).name == "bs_roformer"
+    assert infer_msst_family(shape).name == "bs_roformer"  # BS bands have a default layout
+    with pytest.raises(ConfigError, match="cannot tell the model type.*one of"):
+        infer_msst_family({**shape, "num_bands": 60, "freqs_per_bands": (1,)})
 
 
 def test_load_model_sets_engine_attributes(bs_config, tmp_path):
@@ -186,7 +183,7 @@ def test_mel_config_without_target_keeps_all_stems(tmp_path):
 
 
 def _save_random(config: Path, path: Path, wrap=lambda sd: sd) -> Path:
-    from separator.checkpoints import build_model
+    from separator.zoo import build_model
 
     model = build_model(read_card(config))
     for p in model.parameters():
@@ -208,7 +205,7 @@ WRAPPERS = {
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 @pytest.mark.parametrize("suffix", [".ckpt", ".pth", ".pt"])
 def test_strict_load_of_every_wrapper(bs_config, tmp_path, wrapper, suffix):
-    from separator.checkpoints import build_model
+    from separator.zoo import build_model
 
     ref = build_model(read_card(bs_config))
     for p in ref.parameters():
@@ -351,7 +348,7 @@ def test_mel_checkpoint_round_trip(tmp_path):
 
 
 def read_yaml_text(text: str) -> dict:
-    from separator.checkpoints import _ConfigLoader
+    from separator.files import _ConfigLoader
 
     return yaml.load(text, Loader=_ConfigLoader)
 

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from tiny_models import GainModel, noise, write_wav
 
-import separator.api
+import separator.inference.api
 from separator.cli import separate_main
 
 RATE = 44100
@@ -28,13 +28,13 @@ def fake_model(monkeypatch):
     """`--model fake.yaml` builds a GainModel (vocals = 0.5 * mix) at 44.1 kHz."""
     loaded = []
 
-    def load(name, config=None, offline=None):
+    def load(name, config=None, *, model_type=None, offline=None):
         loaded.append((str(name), config))
         if "missing" in str(name):
-            raise separator.api.SeparatorError(f"{name}: no such model file")
+            raise separator.inference.api.SeparatorError(f"{name}: no such model file")
         return GainModel(sample_rate=RATE, chunk_size=RATE // 2)
 
-    monkeypatch.setattr(separator.api, "load_pretrained", load)
+    monkeypatch.setattr(separator.inference.api, "load_model", load)
     return loaded
 
 
@@ -151,7 +151,7 @@ def tiny_bs_files(folder, **changes):
     import torch
     import yaml
 
-    from separator.checkpoints import load_model  # noqa: F401 - skip cleanly if absent
+    from separator.zoo import load_model  # noqa: F401 - skip cleanly if absent
 
     cfg = {
         "audio": {"chunk_size": 8192, "sample_rate": RATE, "num_channels": 2},
@@ -160,7 +160,7 @@ def tiny_bs_files(folder, **changes):
     }
     config = folder / f"tiny{len(changes)}.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    from separator.checkpoints import build_model, read_card
+    from separator.zoo import build_model, read_card
 
     torch.manual_seed(0)
     model = build_model(read_card(config))
@@ -172,8 +172,8 @@ def tiny_bs_files(folder, **changes):
 def test_tiny_bs_roformer_checkpoint_end_to_end(tmp_path, music):
     import torch
 
-    from separator.api import Separator
-    from separator.engine import separate_tensor
+    from separator.inference import Separator
+    from separator.inference.engine import separate_tensor
 
     config, ckpt = tiny_bs_files(tmp_path)
     song = write_wav(tmp_path / "song.wav", music[: 2 * RATE], RATE)

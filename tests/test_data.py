@@ -11,15 +11,9 @@ import soundfile as sf
 import torch
 from conftest import write_musdb_folder
 
-from separator.data import (
-    MUSDB_VALIDATION,
-    Augment,
-    RandomMixDataset,
-    find_tracks,
-    load_track_arrays,
-    peaking_sos,
-)
+from separator.datasets import MUSDB_VALIDATION, find_tracks
 from separator.errors import SeparatorError
+from separator.training.data import Augment, RandomMixDataset, peaking_sos
 
 STEMS = ("vocals", "drums", "bass", "other")
 
@@ -146,7 +140,8 @@ def test_min_mean_abs_skips_silence(tmp_path):
 
 def test_real_stems_load(musdb_example):
     (track,) = find_tracks(musdb_example, subset="test", with_mixture=True)
-    mix, refs = load_track_arrays(track, STEMS)
+    refs = np.stack([track.read(s) for s in STEMS])
+    mix = track.mixture(STEMS)
     assert refs.shape[:2] == (4, 2) and mix.shape == refs.shape[1:]
     # The .stem.mp4 mixture is its own AAC stream: close to, not equal to, the sum of the stems.
     err = np.abs(mix - refs.sum(0)).mean() / np.abs(mix).mean()

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import ConvModel, GainModel, identity_model
 
-from separator.engine import (
+from separator.errors import SeparatorError
+from separator.inference.engine import (
     StreamingEngine,
     chunk_step,
     evaluations_per_sample,
@@ -16,7 +17,6 @@ from separator.engine import (
     separate_tensor,
     window_norm,
 )
-from separator.errors import SeparatorError
 
 
 @settings(max_examples=150, deadline=None)
@@ -146,7 +146,7 @@ def test_runs_in_inference_mode_without_grad():
 
 
 def test_tta_of_an_equivariant_model_is_the_model():
-    from separator.engine import TTAModel
+    from separator.inference.engine import TTAModel
 
     model = GainModel(chunk_size=100)
     x = torch.randn(2, 1234)

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from separator.api import Separator
-from separator.ensemble import Ensemble, _SpecCombiner
 from separator.errors import SeparatorError
+from separator.inference import Separator
+from separator.inference.ensemble import Ensemble, _SpecCombiner
 from tests.tiny_models import ConvModel, GainModel
 
 

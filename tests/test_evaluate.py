@@ -13,8 +13,8 @@ import torch
 from stems_example import MUSDB_STEMS, example_stems, import_museval
 
 from separator.cli import main
-from separator.evaluate import evaluate_dataset
-from separator.metrics import sdr
+from separator.evaluation.metrics import sdr
+from separator.evaluation.runner import evaluate_dataset
 
 
 def write(path: Path, audio: np.ndarray, rate: int) -> None:
@@ -87,7 +87,7 @@ def test_resume_and_sdr_only(dataset, tmp_path):
 
 
 class ScaledMixture:
-    """Stand-in for separator.api.Separator: every stem is a quarter of the mixture."""
+    """Stand-in for separator.inference.Separator: every stem is a quarter of the mixture."""
 
     stems = ("vocals", "drums", "bass", "other")
 

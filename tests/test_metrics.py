@@ -1,4 +1,4 @@
-"""separator.metrics against museval 0.4.1 (BSS Eval v4) and against a brute-force reference."""
+"""separator.evaluation.metrics against museval 0.4.1 (BSS Eval v4) and a brute-force reference."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import scipy.signal
 from stems_example import MUSDB_STEMS, example_stems, import_museval
 
 from separator.errors import SeparatorError
-from separator.metrics import (
+from separator.evaluation.metrics import (
     IllConditionedWarning,
     bss_eval,
     frame_count,

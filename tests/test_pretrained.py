@@ -10,10 +10,10 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from separator.api import load_separator
 from separator.cli import separate_main
-from separator.registry import DEFAULT_MODEL, find_card
-from separator.resources import pretrained_dir
+from separator.inference import load_separator
+from separator.zoo import DEFAULT_MODEL, find_card
+from separator.zoo.catalog import pretrained_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "bach_bwv10.7.flac"

@@ -16,9 +16,9 @@ import soundfile as sf
 import torch
 
 from separator.errors import ConfigError, SeparatorError
-from separator.losses import separation_loss
-from separator.recipe import apply_overrides, load_recipe
-from separator.train import Trainer, learning_rate, train
+from separator.training.losses import separation_loss
+from separator.training.recipe import apply_overrides, load_recipe
+from separator.training.trainer import Trainer, learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny_cpu.yaml"
@@ -250,7 +250,7 @@ def test_musdb18_stem_files_convert(tmp_path):
     pytest.importorskip("musdb")
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg missing")
-    from separator.data import find_tracks, musdb_to_folder
+    from separator.datasets import find_tracks, musdb_to_folder
 
     (tmp_path / "mp4" / "test").mkdir(parents=True)
     shutil.copy(stempeg.example_stem_path(), tmp_path / "mp4" / "test" / "Song.stem.mp4")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from separator import zoo
 from separator.errors import SeparatorError
+from separator.zoo import download as zoo
 from tests.loopback import PAYLOAD, Server
 
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

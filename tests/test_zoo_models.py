@@ -13,11 +13,11 @@ import soundfile as sf
 import torch
 import yaml
 
-from separator.api import Separator, load_separator
-from separator.cards import ModelCard
-from separator.checkpoints import build_model, load_model, read_card, save_state_dict
 from separator.cli import main, separate_main
-from separator.registry import EnsembleCard, all_cards, card_files
+from separator.inference import Separator, load_separator
+from separator.zoo import EnsembleCard, ModelCard, all_cards, build_model, load_model, read_card
+from separator.zoo.catalog import card_files
+from separator.zoo.formats import save_state_dict
 from tests.loopback import Server
 from tests.test_checkpoints import MSST_BS_YAML, write_evil_checkpoint
 

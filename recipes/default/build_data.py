@@ -45,7 +45,7 @@ import mido
 import numpy as np
 import soundfile as sf
 
-from separator.data import write_track
+from separator.datasets import write_track
 
 RATE = 44100
 STEMS = ("vocals", "drums", "bass", "other")
@@ -481,7 +481,7 @@ def _hydrogen_job(song: Path, root: str, seed: int) -> dict:
 
 def _real(root: Path) -> None:
     """The real recordings used only for evaluation."""
-    from separator.data import example_folder
+    from separator.datasets import example_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         example_folder(tmp)

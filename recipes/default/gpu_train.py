@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from pack_data import unpack
 
-from separator.recipe import load_recipe
-from separator.train import train
+from separator.training.recipe import load_recipe
+from separator.training.trainer import train
 
 RECIPE = Path(__file__).parent / "default.yaml"
 GPU = [

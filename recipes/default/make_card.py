@@ -22,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from separator.cards import save_card
-from separator.checkpoints import atomic_write, read_card
 from separator.cli import main as separator_main
-from separator.zoo import weights_entry
+from separator.files import atomic_write
+from separator.zoo import read_card, save_card
+from separator.zoo.cards import weights_entry
 
 EVALS = {
     "rendered_test": ("rendered", "test", []),
@@ -93,7 +93,7 @@ def speed(card: Path, seconds: float = 60.0) -> dict:
     """Real-time factor of `separate` at the default overlap on this CPU (median of 3)."""
     import torch
 
-    from separator.api import load_separator
+    from separator.inference import load_separator
 
     sep = load_separator(str(card), device="cpu")
     wav = torch.randn(2, int(44100 * seconds)) * 0.1

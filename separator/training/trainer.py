@@ -27,13 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from separator.cards import ModelCard, save_card
-from separator.checkpoints import atomic_write, save_state_dict
-from separator.data import Augment, RandomMixDataset, find_tracks, load_track_arrays
+from separator.datasets import find_tracks
 from separator.errors import SeparatorError
-from separator.losses import separation_loss
-from separator.recipe import Recipe
-from separator.zoo import weights_entry
+from separator.files import atomic_write
+from separator.training.data import RandomMixDataset
+from separator.training.losses import separation_loss
+from separator.training.recipe import Recipe
+from separator.zoo import ModelCard, build_model, save_card
+from separator.zoo.cards import weights_entry
+from separator.zoo.formats import save_state_dict
 
 
 @dataclass
@@ -116,8 +118,6 @@ class Trainer:
     final state; everything is written under `recipe.output_dir`."""
 
     def __init__(self, recipe: Recipe, *, resume: bool = False) -> None:
-        from separator.checkpoints import build_model
-
         self.recipe = recipe
         self.dist = init_distributed()
         self.out = Path(recipe.output_dir)
@@ -172,7 +172,7 @@ class Trainer:
             chunk_size=r.audio.chunk_size,
             length=t.steps * t.grad_accum * t.batch_size * self.dist.world,
             seed=r.seed,
-            augment=Augment(**d.augment.__dict__),
+            augment=d.augment,
             min_mean_abs=d.min_mean_abs,
             channels=self.model.audio_channels,
         )
@@ -350,8 +350,6 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "recipe": self.recipe.to_dict(),
         }
-        import io
-
         buf = io.BytesIO()
         torch.save(ckpt, buf)
         atomic_write(path, buf.getvalue())
@@ -374,8 +372,8 @@ class Trainer:
 
 def validation_sdr(model: nn.Module, recipe: Recipe) -> float:
     """Separate the validation tracks with the engine; mean global SDR over tracks and stems."""
-    from separator.engine import separate_tensor
-    from separator.metrics import sdr
+    from separator.evaluation.metrics import sdr
+    from separator.inference.engine import separate_tensor
 
     v, d = recipe.validation, recipe.data
     tracks = find_tracks(d.root, d.stems, subset=v.subset, split=v.split)
@@ -385,7 +383,8 @@ def validation_sdr(model: nn.Module, recipe: Recipe) -> float:
     was_training = model.training
     model.eval()
     for track in tracks:
-        mix, refs = load_track_arrays(track, d.stems)
+        refs = np.stack([track.read(s) for s in d.stems])
+        mix = refs.sum(0)  # the stems' sum, as in training (not a mixture file)
         if v.max_seconds:
             n = int(v.max_seconds * track.sample_rate)
             mix, refs = mix[:, :n], refs[:, :, :n]

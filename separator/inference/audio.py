@@ -1,7 +1,9 @@
-"""Audio in and out, in blocks: reading (soundfile, ffmpeg fallback), resampling, safe writing.
+"""Audio in and out: block reading (soundfile, ffmpeg fallback), whole-file reading, resampling,
+safe writing.
 
 Blocks are numpy float32 arrays shaped (frames, channels), the layout soundfile and soxr use;
-the engine's side converts them to (channels, frames) tensors.
+the engine's side converts them to (channels, frames) tensors. `read_audio` returns
+(channels, frames), the project's layout for whole signals.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import soundfile as sf
 import soxr
 
 from separator.errors import SeparatorError
+from separator.files import commit_temp, temp_beside
 
 BLOCK_FRAMES = 65536
 SOUNDFILE_FORMATS = "WAV, FLAC, OGG, MP3"
@@ -31,6 +34,7 @@ OUTPUT_SUBTYPES = {
     ("flac", 24): "PCM_24",
 }
 CLIP_MODES = ("rescale", "clamp", "none")
+DEFAULT_FORMAT, DEFAULT_BITS, DEFAULT_CLIP = "wav", 24, "rescale"
 
 
 @dataclass
@@ -101,6 +105,31 @@ def open_audio(path: str | os.PathLike) -> AudioSource:
         f.close()
         raise SeparatorError(f"{path}: zero-length audio (no samples to separate)")
     return AudioSource(path, f.samplerate, f.channels, frames, f)
+
+
+def read_audio(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+    """(channels, frames) float32 samples of a whole file or an excerpt, and the sample rate.
+
+    Reads through `open_audio` (soundfile, else ffmpeg), so every reader of the package accepts
+    the same formats and reports the same errors.
+    """
+    source = open_audio(path)
+    if source._sf is not None and (start or frames >= 0):
+        with source._sf as f:
+            f.seek(start)
+            data = f.read(frames, dtype="float32", always_2d=True)
+        return np.ascontiguousarray(data.T), source.sample_rate
+    data = np.concatenate(list(source.blocks()))
+    end = None if frames < 0 else start + frames
+    return np.ascontiguousarray(data[start:end].T), source.sample_rate
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int | None]:
+    """(sample rate, frames or None) of an audio file, without decoding it."""
+    source = open_audio(path)
+    if source._sf is not None:
+        source._sf.close()
+    return source.sample_rate, source.frames
 
 
 def _open_with_ffmpeg(path: Path, soundfile_error: str) -> AudioSource:
@@ -201,14 +230,6 @@ def output_subtype(fmt: str, bits: int) -> str:
         raise SeparatorError(f"cannot write {fmt} at {bits} bits; supported: {ok}") from None
 
 
-def use_umask(path: str | os.PathLike) -> None:
-    """Give a file made by `tempfile.mkstemp` (mode 0600) the mode a plain `open` would: 0666
-    less the umask, so renamed outputs are as readable as any other file the user writes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 class StemWriter:
     """Writes one stem to a hidden temporary file next to `path`; `commit()` renames it.
 
@@ -237,9 +258,7 @@ class StemWriter:
         # Folders made here are removed again by abort(), so a failure leaves nothing behind.
         self._made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = temp_beside(path)
         self._two_pass = clip == "rescale"
         fmt_tmp, sub_tmp = ("WAV", "FLOAT") if self._two_pass else (fmt.upper(), self.subtype)
         self._file = sf.SoundFile(self.tmp, "w", sample_rate, channels, sub_tmp, format=fmt_tmp)
@@ -256,9 +275,7 @@ class StemWriter:
         self._file.close()
         if self._two_pass and (self.peak > 1.0 or self.subtype != "FLOAT" or self.fmt != "wav"):
             self._transcode(1.0 / max(self.peak, 1.0))
-        use_umask(self.tmp)
-        os.replace(self.tmp, self.path)
-        return self.path
+        return commit_temp(self.tmp, self.path)
 
     def abort(self) -> None:
         """Drop the temporary file; the final path is never created."""
@@ -271,10 +288,7 @@ class StemWriter:
                 break
 
     def _transcode(self, gain: float) -> None:
-        fd, out = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent
-        )
-        os.close(fd)
+        out = temp_beside(self.path)
         try:
             with (
                 sf.SoundFile(self.tmp) as src,
@@ -285,6 +299,6 @@ class StemWriter:
                 for block in src.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
                     dst.write(np.clip(block * gain, -1.0, 1.0) if gain != 1.0 else block)
         except BaseException:
-            Path(out).unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
             raise
-        os.replace(out, self.tmp)
+        out.replace(self.tmp)

@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
+from separator.datasets import MUSDB_STEMS
 from separator.errors import ConfigError
+from separator.files import read_yaml
+from separator.training.data import Augment
 
 
 @dataclass(frozen=True)
@@ -33,26 +36,15 @@ class AudioSection:
 
 
 @dataclass(frozen=True)
-class AugmentSection:
-    gain_db: tuple[float, float] = (-3.0, 3.0)
-    channel_swap: float = 0.5
-    polarity: float = 0.5
-    drop_stem: float = 0.0
-    eq: float = 0.0  # probability per stem of a random two-band peaking EQ within ±eq_db
-    eq_db: float = 6.0
-    distortion: float = 0.0  # probability per stem of tanh saturation (0-18 dB of drive)
-
-
-@dataclass(frozen=True)
 class DataSection:
     root: str = "data/musdb18hq"  # MUSDB18HQ layout: {train,test}/<track>/<stem>.wav
-    stems: tuple[str, ...] = ("vocals", "drums", "bass", "other")  # stems mixed together
+    stems: tuple[str, ...] = MUSDB_STEMS  # stems mixed together
     target: str | None = None  # train a one-stem model of this stem (e.g. vocals)
     subset: str = "train"
     split: str | None = "train"  # musdb's train split: train minus the 14 validation tracks
     min_mean_abs: float = 0.0  # skip near-silent excerpts (MSST's audio.min_mean_abs)
     num_workers: int = 0
-    augment: AugmentSection = field(default_factory=AugmentSection)
+    augment: Augment = field(default_factory=Augment)
 
 
 @dataclass(frozen=True)
@@ -157,7 +149,7 @@ _NESTED = {
     "data": DataSection,
     "training": TrainingSection,
     "validation": ValidationSection,
-    "augment": AugmentSection,
+    "augment": Augment,
 }
 
 
@@ -204,8 +196,6 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe YAML (or start from defaults when None) and apply overrides."""
-    from separator.checkpoints import read_yaml
-
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides)
     where = f"{path}: " if path else ""

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from separator.api import SeparatorBase, _PipelineBase, pop_samples
 from separator.errors import ConfigError, SeparatorError
-from separator.registry import ENSEMBLE_METHODS, check_ensemble
-from separator.stems import StemPlan
+from separator.inference.pipeline import PipelineBase, pop_samples
+from separator.inference.separator import SeparatorBase
+from separator.inference.stems import StemPlan
+from separator.zoo.cards import ENSEMBLE_METHODS, check_ensemble
 
 SPEC_N_FFT = 2048
 SPEC_HOP = 512
@@ -73,8 +74,8 @@ class Ensemble(SeparatorBase):
         return _EnsemblePipeline(self, in_rate, in_channels, plans, where)
 
 
-class _EnsemblePipeline(_PipelineBase):
-    """Same interface as `_Pipeline`: push blocks of mixture, get finished stems."""
+class _EnsemblePipeline(PipelineBase):
+    """Same interface as `ModelPipeline`: push blocks of mixture, get finished stems."""
 
     def __init__(self, ens: Ensemble, in_rate: int, in_channels: int, plans, where: str) -> None:
         super().__init__(plans, in_channels)

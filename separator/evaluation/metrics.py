@@ -35,8 +35,8 @@ import numpy as np
 import scipy.fft
 import torch
 
-from separator.bss import correlations, freq_major, gram_matrix
 from separator.errors import SeparatorError
+from separator.evaluation.bss import correlations, freq_major, gram_matrix
 
 __all__ = [
     "BssEval",

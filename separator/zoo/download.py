@@ -1,4 +1,4 @@
-"""Model zoo: a safe downloader for model weights.
+"""Downloads: a safe fetcher for model weights (sha256-checked, resumable, offline-aware).
 
 A file is used only after its sha256 has been checked. When a card publishes no hash, the first
 download is pinned in `cache_dir()/pins.json` (trust on first use) and every later use is checked
@@ -8,13 +8,11 @@ a half-written or tampered file is never loaded. An interrupted download resumes
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -24,10 +22,10 @@ from urllib.parse import unquote, urlsplit
 from platformdirs import user_cache_dir
 
 from separator.errors import SeparatorError
+from separator.files import atomic_write, is_safe_name, sha256_file
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OFFLINE_HINT = (
     "on a machine with internet access download that URL and save the file as {dest} (it is "
@@ -80,7 +78,6 @@ def fetch(
             f"offline mode: {dest} is missing; download {url} by hand and save it as {dest}"
         )
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     _download(url, part, dest, progress)
     actual = sha256_file(part)
     if expected is None:
@@ -163,6 +160,7 @@ def _copy(
         console=console, disable=not (progress and sys.stderr.isatty()), transient=True,
     )  # fmt: skip
     got, dropped = offset, False
+    part.parent.mkdir(parents=True, exist_ok=True)  # only once the server answered
     with bar, open(part, "r+b" if offset else "wb") as f:
         f.truncate(offset)
         f.seek(offset)
@@ -183,20 +181,6 @@ def _copy(
 
 
 # --- hashes and pins -------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_entry(path: Path) -> dict:
-    """A card's `weights` entry for a weights file beside the card: name, sha256, size."""
-    return {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
-
-
 def _check_hash_arg(url: str, sha256: str | None) -> str | None:
     if sha256 is None:
         return None
@@ -235,11 +219,8 @@ def _pin(url: str, sha256: str, dest: Path) -> None:
     pins = _load_pins()
     pins[url] = sha256
     path = _pins_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pins.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(pins, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # atomic, so a crash never leaves a half-written pins file
+    # atomic, so a crash never leaves a half-written pins file
+    atomic_write(path, json.dumps(pins, indent=2, sort_keys=True).encode())
     warnings.warn(
         f"{url}: no sha256 was published; pinned {sha256} for {dest.name} in {path}, "
         "later downloads must match it",
@@ -251,7 +232,7 @@ def _pin(url: str, sha256: str, dest: Path) -> None:
 def url_file_name(url: str) -> str:
     """The last component of the URL path, refused unless it is one safe file name."""
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    if not _SAFE_NAME.fullmatch(name) or name.endswith(".part") or name == "pins.json":
+    if not is_safe_name(name) or name.endswith(".part") or name == "pins.json":
         raise SeparatorError(
             f"{url}: {name!r} is not a safe file name; pass dest= to choose where to save it"
         )

@@ -1,0 +1,5 @@
+"""`python -m separator.cli ...` runs `separator` (e.g. under torchrun)."""
+
+from separator.cli import console_main
+
+console_main()

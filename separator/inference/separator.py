@@ -1,0 +1,251 @@
+"""The Separator API: `Separator` separates tensors and files with the streaming engine.
+
+    sep = Separator(load_model("model.yaml"), device="auto")
+    paths = sep.separate_file("song.flac", stems="vocals,instrumental", output_dir="out")
+    stems = sep.separate_tensor(wav, sample_rate=44100)  # {"vocals": (C, T), ...}
+
+Files are read in blocks, resampled to the model's rate and back on the fly, separated, and the
+finished samples of each stem written as soon as the engine releases them: memory does not grow
+with track length. Outputs keep the input's sample rate, channel count and exact length.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from separator.errors import SeparatorError
+from separator.inference.audio import (
+    DEFAULT_BITS,
+    DEFAULT_CLIP,
+    DEFAULT_FORMAT,
+    StemWriter,
+    open_audio,
+)
+from separator.inference.engine import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_OVERLAP,
+    StreamingEngine,
+    TTAModel,
+    check_model,
+)
+from separator.inference.pipeline import ModelPipeline, Progress
+from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
+
+DEFAULT_FILENAME = "{track}/{stem}.{ext}"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """ "auto" picks cuda, then mps, then cpu; a named device that is absent is an error."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SeparatorError("`device` 'cuda': no CUDA device available (try 'cpu')")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise SeparatorError("`device` 'mps': MPS is not available on this machine (try 'cpu')")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise SeparatorError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+
+
+class SeparatorBase:
+    """What `Separator` and `Ensemble` share: separating tensors and files through a pipeline.
+
+    Subclasses give `stems` and `_pipeline(in_rate, in_channels, plans, where)`.
+    """
+
+    @property
+    def stems(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @property
+    def available_stems(self) -> list[str]:
+        """Every name `stems=` accepts: model stems, `instrumental`, `no_<stem>`."""
+        return available_stems(self.stems)
+
+    def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
+        raise NotImplementedError
+
+    def separate_tensor(
+        self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Separate a (channels, time) or (time,) waveform at `sample_rate`.
+
+        Returns {stem: (channels, time)} float32 CPU tensors at `sample_rate`, same shape as `wav`
+        ((time,) in, (time,) out). Same pipeline as `separate_file`, with one block.
+        """
+        squeeze = wav.dim() == 1
+        x = wav.detach().float().cpu()
+        x = x[None] if squeeze else x
+        if x.dim() != 2 or x.shape[-1] == 0:
+            raise SeparatorError(
+                f"expected a non-empty (channels, time) tensor, got {tuple(wav.shape)}"
+            )
+        if not torch.isfinite(x).all():
+            raise SeparatorError("input tensor contains NaN or infinite samples")
+        plans = resolve_stems(self.stems, stems)
+        pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
+        parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
+        block = np.ascontiguousarray(x.numpy().T)
+        pipe.run(iter([block]), lambda out: [parts[k].append(v) for k, v in out.items()])
+        result = {k: torch.from_numpy(np.concatenate(v).T.copy()) for k, v in parts.items()}
+        return {k: v[0] if squeeze else v for k, v in result.items()}
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        stems: str | Sequence[str] | None = None,
+        *,
+        output_dir: str | os.PathLike = "separated",
+        filename: str = DEFAULT_FILENAME,
+        fmt: str = DEFAULT_FORMAT,
+        bits: int = DEFAULT_BITS,
+        clip: str = DEFAULT_CLIP,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Path]:
+        """Separate one audio file, streaming; returns {stem: written path}.
+
+        Output files keep the input's sample rate, channels and length. Each is written to a
+        temporary file and renamed at the end, so a failure or Ctrl-C leaves none behind; an
+        existing output is an error unless `force`.
+        """
+        path = Path(path)
+        plans = resolve_stems(self.stems, stems)
+        targets = output_paths(path, [p.name for p in plans], Path(output_dir), filename, fmt)
+        if not force:
+            for target in targets.values():
+                if target.exists():
+                    raise SeparatorError(
+                        f"{target}: already exists (pass `force=True` to overwrite)"
+                    )
+        source = open_audio(path)
+        pipe = self._pipeline(source.sample_rate, source.channels, plans, where=str(path))
+        writers: dict[str, StemWriter] = {}
+        try:
+            for name, target in targets.items():
+                writers[name] = StemWriter(
+                    target, source.sample_rate, source.channels, fmt=fmt, bits=bits, clip=clip
+                )
+
+            def sink(out):
+                return [writers[k].write(v) for k, v in out.items()]
+
+            pipe.run(source.blocks(), sink, total=source.frames, progress=progress)
+        except BaseException:
+            for writer in reversed(writers.values()):  # the first one made the folders
+                writer.abort()
+            raise
+        return {name: writer.commit() for name, writer in writers.items()}
+
+
+class Separator(SeparatorBase):
+    """Separates audio with a model that follows the engine's protocol.
+
+    `model`: any `nn.Module` with `forward((B, C, T)) -> (B, S, C, T)`, `sample_rate`, `stems`,
+    `audio_channels` and `chunk_size`. `overlap`: model evaluations per sample (>= 1).
+    `precision`: "fp32", or "bf16"/"fp16" autocast (fp16 needs a GPU). `tta`: average the
+    channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        overlap: float = DEFAULT_OVERLAP,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_size: int | None = None,
+        precision: str = "fp32",
+        tta: bool = False,
+        compile: bool = False,
+    ) -> None:
+        check_model(model)
+        check_stem_names(model.stems)
+        if precision not in PRECISIONS:
+            raise SeparatorError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise SeparatorError("fp16 autocast needs a GPU; use bf16 or fp32 on the CPU")
+        model = model.to(self.device).eval()
+        if tta:
+            model = TTAModel(model)
+        self.model = model
+        self._forward: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+        self.overlap, self.batch_size, self.chunk_size = overlap, batch_size, chunk_size
+        self.autocast_dtype = PRECISIONS[precision]
+        self.new_engine()  # validate overlap / batch size / chunk size now, not mid-file
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, *, config: str | os.PathLike | None = None, **kwargs
+    ) -> Separator:
+        """Load a model (`separator.zoo.load_model`) and wrap it; `kwargs` go to `Separator`."""
+        from separator.zoo import load_model
+
+        return cls(load_model(name_or_path, config), **kwargs)
+
+    @property
+    def stems(self) -> tuple[str, ...]:
+        """The model's own stems, in output order."""
+        return tuple(self.model.stems)
+
+    def new_engine(self) -> StreamingEngine:
+        """A fresh streaming engine with this separator's settings (one per stream)."""
+        engine = StreamingEngine(
+            self._forward,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            chunk_size=self.chunk_size,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
+        )
+        return engine
+
+    def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
+        return ModelPipeline(self.model, self.new_engine, in_rate, in_channels, plans, where)
+
+
+def track_name(path: Path) -> str:
+    """ "song.wav" -> "song"; "song.stem.mp4" -> "song"."""
+    name = path.stem
+    return name.removesuffix(".stem")
+
+
+def output_paths(
+    path: Path, stems: Sequence[str], output_dir: Path, filename: str, fmt: str
+) -> dict[str, Path]:
+    """Fill the `filename` template for every stem; each result must stay in `output_dir`."""
+    root = output_dir.resolve()
+    paths = {}
+    for stem in stems:
+        try:
+            rel = filename.format(track=track_name(path), stem=stem, ext=fmt)
+        except (KeyError, IndexError, ValueError) as e:
+            raise SeparatorError(
+                f"`filename` {filename!r}: bad template ({e}); use {{track}}, {{stem}}, {{ext}}"
+            ) from None
+        target = (root / rel).resolve()
+        if root not in target.parents:
+            raise SeparatorError(
+                f"`filename` {filename!r}: stem {stem!r} would be written outside {output_dir}"
+            )
+        paths[stem] = target
+    if len(set(paths.values())) < len(paths):
+        raise SeparatorError(
+            f"`filename` {filename!r}: stems would overwrite each other; add {{stem}}"
+        )
+    return paths

@@ -1,0 +1,274 @@
+"""Model cards: one YAML file that says how to build a model and where its weights are.
+
+The same format serves the embedded default model, community checkpoints and what our training
+recipes export:
+
+    name: bs_roformer_example
+    architecture: bs_roformer            # a family in separator.nn.FAMILIES
+    model: {dim: 384, depth: 6, ...}     # constructor arguments, as the reference's config has them
+    stems: [vocals, other]
+    sample_rate: 44100
+    chunk_size: 352800                   # samples per chunk the model was trained on
+    weights: {file: x.safetensors, url: https://..., sha256: ..., size: 123}
+    license: MIT
+    source: who trained it and where it is documented
+    sdr: {benchmark: musdb18hq, vocals: 11.0}
+
+An ensemble card (`ensemble: {models, method, weights, stems}`) fixes a combination of models.
+An MSST YAML (`audio:` / `model:` / `training:`) is read into a ModelCard through its family's
+`from_msst`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from separator.errors import ConfigError
+from separator.files import atomic_write, check_name, read_yaml, safe_name, sha256_file
+from separator.nn import get_family, infer_msst_family
+
+ENSEMBLE_METHODS = ("avg", "median", "max_spec", "min_spec")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card. `path` is where the card was read from (weights paths are relative to it)."""
+
+    name: str
+    architecture: str
+    model: dict[str, Any]
+    stems: tuple[str, ...]
+    sample_rate: int = 44100
+    chunk_size: int = 352800
+    weights: dict[str, Any] = field(default_factory=dict)
+    license: str = "unknown"
+    source: str = ""
+    sdr: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    training_data: list[str] = field(default_factory=list)  # sources and their licences
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "model name")
+        get_family(self.architecture)
+        if not isinstance(self.model, Mapping):
+            raise ConfigError("`model:` must be a mapping of constructor arguments")
+        if not isinstance(self.stems, (list, tuple)) or not self.stems:
+            raise ConfigError("`stems:` must be a non-empty list of stem names")
+        object.__setattr__(self, "stems", tuple(check_name(s) for s in self.stems))
+        if len(set(self.stems)) != len(self.stems):
+            raise ConfigError(f"duplicate stem names {self.stems}")
+        for key in ("sample_rate", "chunk_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"`{key}:` must be a positive integer, got {value!r}")
+        if not isinstance(self.weights, Mapping):
+            raise ConfigError("`weights:` must be a mapping (file, url, sha256, size)")
+
+    @property
+    def weights_path(self) -> Path | None:
+        """Local weights file named by the card (relative to the card's folder), if any."""
+        name = self.weights.get("file")
+        if not name:
+            return None
+        p = Path(str(name))
+        return p if p.is_absolute() or self.path is None else self.path.parent / p
+
+    @property
+    def where(self) -> str:
+        """How errors name this card: its file, else its name."""
+        return str(self.path) if self.path else f"model {self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
+        out["stems"] = list(self.stems)
+        out["model"] = _plain(self.model)
+        return {k: v for k, v in out.items() if v not in ("", {}, [], None)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: Path | None = None) -> ModelCard:
+        names = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        where = f"{path}: " if path else ""
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{where}unknown card key(s): {', '.join(unknown)}")
+        missing = [k for k in ("name", "architecture", "model", "stems") if k not in values]
+        if missing:
+            raise ConfigError(f"{where}card lacks required key(s): {', '.join(missing)}")
+        where = where or f"card {values.get('name')}: "
+        try:
+            return cls(**values, path=path)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from None
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (YAML/JSON friendly)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class EnsembleCard:
+    """A fixed combination of models: `ensemble: {method, models, weights, stems}`.
+
+    `stems` (optional) maps a stem to the models it is taken from; a stem not listed there comes
+    from every member that has it.
+    """
+
+    name: str
+    models: tuple[str, ...]
+    method: str = "avg"
+    weights: tuple[float, ...] | None = None
+    stem_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    license: str = "see the member models"
+    source: str = ""
+    sdr: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "model name")
+        where = f"ensemble {self.name}"
+        check_ensemble(self.models, self.weights, self.method, where)
+        for stem, members in self.stem_models.items():
+            check_name(stem)
+            unknown = [m for m in members if m not in self.models]
+            if unknown or not members:
+                raise ConfigError(f"{where}: stem {stem} names models {unknown} not in `models`")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: Path | None = None) -> EnsembleCard:
+        where = f"{path}: " if path else ""
+        values = dict(values)
+        spec = values.pop("ensemble")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}`ensemble:` must be a mapping (method, models, weights)")
+        extra = sorted(set(spec) - {"method", "models", "weights", "stems"})
+        unknown = sorted(set(values) - {"name", "license", "source", "sdr", "notes"})
+        if extra or unknown:
+            raise ConfigError(f"{where}unknown ensemble card key(s): {', '.join(extra + unknown)}")
+        if "name" not in values or "models" not in spec:
+            raise ConfigError(f"{where}an ensemble card needs `name` and `ensemble.models`")
+        weights = spec.get("weights")
+        try:
+            return cls(
+                models=tuple(str(m) for m in spec["models"]),
+                method=str(spec.get("method", "avg")),
+                weights=tuple(float(w) for w in weights) if weights is not None else None,
+                stem_models={str(k): tuple(v) for k, v in (spec.get("stems") or {}).items()},
+                path=path,
+                **values,
+            )
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ConfigError(f"{where}{e}") from None
+
+
+Card = ModelCard | EnsembleCard
+
+
+def check_ensemble(
+    models: tuple[str, ...] | list[str], weights: Any, method: str, where: str
+) -> None:
+    """Validate an ensemble's members, weights and method."""
+    if len(models) < 2:
+        raise ConfigError(f"{where}: an ensemble needs at least two models, got {list(models)}")
+    if method not in ENSEMBLE_METHODS:
+        raise ConfigError(
+            f"{where}: unknown ensemble method {method!r}; use {', '.join(ENSEMBLE_METHODS)}"
+        )
+    if weights is not None:
+        if len(weights) != len(models):
+            raise ConfigError(
+                f"{where}: {len(weights)} weights for {len(models)} models; give one per model"
+            )
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"{where}: weights must be >= 0 with a positive sum, got {weights}")
+
+
+# --- reading and writing ------------------------------------------------------------------------
+def is_card(data: Mapping[str, Any]) -> bool:
+    """A card has `architecture` and `stems`; an MSST config has `audio`/`model`/`training`."""
+    return "architecture" in data and "stems" in data
+
+
+def card_from_msst(
+    data: Mapping[str, Any],
+    path: Path | None = None,
+    *,
+    name: str | None = None,
+    model_type: str | None = None,
+) -> ModelCard:
+    """Turn an MSST YAML (`audio:`, `model:`, `training:`) into a ModelCard.
+
+    `model_type` is MSST's name of the family (its `--model_type`); without it the family is
+    inferred from the `model:` section's keys where that is unambiguous.
+    """
+    where = f"{path}: " if path else ""
+    try:
+        family = (
+            get_family(model_type) if model_type else infer_msst_family(data.get("model") or {})
+        )
+        if family.from_msst is None:
+            raise ConfigError(f"{family.name} models are not read from MSST configs")
+        fields = family.from_msst(data)
+        stem_name = name or (path.stem if path else "model")
+        return ModelCard(name=safe_name(stem_name), architecture=family.name, path=path, **fields)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+
+
+def read_any_card(
+    config: str | Path | Mapping[str, Any],
+    *,
+    model_type: str | None = None,
+    path: Path | None = None,
+) -> Card:
+    """A model card, an ensemble card, or an MSST YAML read as a model card.
+
+    `path`: where an already-parsed mapping was read from (weights paths are relative to it).
+    """
+    if not isinstance(config, Mapping):
+        path = Path(config)
+        config = read_yaml(path)
+    if "ensemble" in config:
+        return EnsembleCard.from_dict(config, path)
+    if is_card(config):
+        if model_type is not None and model_type != config.get("architecture"):
+            where = f"{path}: " if path else ""
+            raise ConfigError(
+                f"{where}the card's architecture is {config.get('architecture')!r}, not the "
+                f"given model type {model_type!r}"
+            )
+        return ModelCard.from_dict(config, path)
+    return card_from_msst(config, path, model_type=model_type)
+
+
+def read_card(
+    config: str | Path | Mapping[str, Any], *, model_type: str | None = None
+) -> ModelCard:
+    """A ModelCard from a card YAML, an MSST YAML, or an already-parsed mapping of either."""
+    card = read_any_card(config, model_type=model_type)
+    if isinstance(card, EnsembleCard):
+        raise ConfigError(f"{card.path or card.name}: an ensemble card, not a single model")
+    return card
+
+
+def save_card(card: ModelCard, path: Path) -> None:
+    """Write a card as YAML, atomically."""
+    import yaml
+
+    text = yaml.safe_dump(card.to_dict(), sort_keys=False, allow_unicode=True)
+    atomic_write(path, text.encode())
+
+
+def weights_entry(path: Path) -> dict[str, Any]:
+    """A card's `weights` entry for a weights file beside the card: name, sha256, size."""
+    return {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}

@@ -1,0 +1,293 @@
+"""The one loading path: name or path -> card -> family -> nn.Module with verified weights.
+
+    load_model("bs_roformer_viperx_1297")                    # a known name (downloaded once)
+    load_model("card.yaml")                                  # a card; its weights file or URL
+    load_model("config.yaml", "model.ckpt")                  # an MSST YAML and its checkpoint
+    load_model("config.yaml", "model.ckpt", model_type="scnet")
+    load_model("runs/my_run/")                               # a folder holding one card
+
+Every route ends in `load_card`: the family (`card.architecture`) builds the module, the weights
+come from the card's local file (checked against its sha256) or its URL (downloaded into the
+cache, checked), or from an explicit checkpoint, and are read by the family's checkpoint format
+and loaded with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from separator.errors import CheckpointError, ConfigError, SeparatorError
+from separator.files import check_name, read_yaml, sha256_file
+from separator.nn import get_family
+from separator.zoo.cards import Card, EnsembleCard, ModelCard, read_any_card, read_card
+from separator.zoo.catalog import all_cards
+from separator.zoo.download import cache_dir, fetch, url_file_name
+from separator.zoo.formats import read_weights
+from separator.zoo.mismatch import mismatch_message
+
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+# --- cards -> modules ----------------------------------------------------------------------------
+def build_model(card: ModelCard) -> nn.Module:
+    """Construct (untrained) the model a card describes, with its engine attributes set."""
+    try:
+        return get_family(card.architecture).build(
+            dict(card.model),
+            sample_rate=card.sample_rate,
+            stems=card.stems,
+            chunk_size=card.chunk_size,
+        )
+    except ConfigError as e:
+        raise ConfigError(f"{card.where}: {e}") from None
+    except (TypeError, ValueError) as e:  # a value of the wrong type deep in a constructor
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{card.where}: bad value in `model:` ({first})") from None
+
+
+def load_weights(
+    model: nn.Module, sd: Mapping[str, Tensor], *, source: Path, config: Path | None = None
+) -> None:
+    """`load_state_dict(strict=True)` with a readable error when checkpoint and config disagree."""
+    problem = mismatch_message(model.state_dict(), sd, source, config)
+    if problem is not None:
+        raise CheckpointError(problem)
+    model.load_state_dict(dict(sd), strict=True)
+
+
+def load_card(
+    card: ModelCard,
+    checkpoint: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    offline: bool | None = None,
+) -> nn.Module:
+    """The model a card describes, with `checkpoint` (default: the card's weights) loaded.
+
+    Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
+    `chunk_size` set.
+    """
+    path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
+    model = build_model(card)
+    fmt = get_family(card.architecture).checkpoint_format
+    load_weights(model, read_weights(path, fmt), source=path, config=card.path)
+    return model.to(device).eval()
+
+
+# --- where a card's weights are ----------------------------------------------------------------
+def cached_path(card: ModelCard) -> Path | None:
+    """Where the card's weights are (or will be) on this machine; None if it names none."""
+    local = card.weights_path
+    if local is not None:
+        return local
+    url = card.weights.get("url")
+    if not url:
+        return None
+    return cache_dir() / card.name / url_file_name(url)
+
+
+def is_cached(card: ModelCard) -> bool:
+    path = cached_path(card)
+    return path is not None and path.is_file()
+
+
+def weights_file(card: ModelCard, *, offline: bool | None = None, progress: bool = True) -> Path:
+    """The card's weights as a verified local file, downloading them if needed.
+
+    A local file is checked against the card's sha256 when the card gives one, whether the card
+    was found by name or given by path.
+    """
+    local = card.weights_path
+    if local is not None:
+        if not local.is_file():
+            raise SeparatorError(f"{card.where}: weights file {local} is missing")
+        sha = card.weights.get("sha256")
+        if sha and sha256_file(local) != str(sha).strip().lower():
+            raise SeparatorError(
+                f"{card.where}: {local} does not match the card's sha256 {sha} (corrupt or "
+                "replaced); restore the file or fix the card's `weights.sha256`"
+            )
+        return local
+    url = card.weights.get("url")
+    if not url:
+        raise SeparatorError(f"{card.where}: the card names no weights file or URL")
+    return fetch(
+        url, card.weights.get("sha256"), dest=cached_path(card), offline=offline, progress=progress
+    )
+
+
+# --- names and paths -> cards --------------------------------------------------------------------
+def resolve(
+    model: str | os.PathLike | Mapping[str, Any] | Card,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    model_type: str | None = None,
+) -> tuple[Card, Path | None]:
+    """The card of a name, card, MSST YAML or folder, and the checkpoint that goes with it.
+
+    A checkpoint path may come first: `resolve("x.ckpt", "config.yaml")` is read as
+    `resolve("config.yaml", "x.ckpt")`.
+    """
+    if isinstance(model, (ModelCard, EnsembleCard)):
+        return model, _optional_path(checkpoint)
+    if isinstance(model, Mapping):
+        return read_any_card(model, model_type=model_type), _optional_path(checkpoint)
+    target = Path(model)
+    if target.suffix in CHECKPOINT_SUFFIXES:
+        if not target.exists():
+            raise SeparatorError(f"{target}: no such model file")
+        if checkpoint is None or Path(checkpoint).suffix not in YAML_SUFFIXES:
+            raise SeparatorError(f"{target}: a checkpoint needs its YAML config; pass `config`")
+        target, checkpoint = Path(checkpoint), target
+    if target.suffix not in YAML_SUFFIXES and not target.exists():
+        return _named(str(model), checkpoint, model_type)
+    if not target.exists():
+        raise SeparatorError(f"{target}: no such model file")
+    if target.is_dir():
+        target = _card_in_folder(target)
+    if checkpoint is not None and Path(checkpoint).suffix in YAML_SUFFIXES:
+        raise SeparatorError(f"{target}: a .yaml model is its own config; drop `config`")
+    return read_any_card(target, model_type=model_type), _optional_path(checkpoint)
+
+
+def _optional_path(checkpoint: str | os.PathLike | None) -> Path | None:
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    if not path.exists():
+        raise SeparatorError(f"{path}: no such file")
+    return path
+
+
+def _named(name: str, checkpoint, model_type: str | None) -> tuple[Card, None]:
+    card = all_cards().get(name)
+    if card is None:
+        raise SeparatorError(
+            f"unknown model {name!r}: not a file and not a known model name (see `separator "
+            "models list`); pass a name, a model card or MSST config (.yaml), a checkpoint "
+            "(.ckpt/.pth/.pt/.safetensors) with its `config`, or a folder holding one card"
+        )
+    if checkpoint is not None:
+        raise SeparatorError(f"{name}: a named model brings its own config; drop `config`")
+    if model_type is not None and getattr(card, "architecture", None) != model_type:
+        raise SeparatorError(f"{name}: a named model brings its own type; drop `model_type`")
+    return card, None
+
+
+def _card_in_folder(folder: Path) -> Path:
+    """The one model card in a folder (a training run holds its recipe.yaml beside it)."""
+    yamls = sorted(p for p in folder.iterdir() if p.suffix in YAML_SUFFIXES)
+    cards = [p for p in yamls if _is_card_file(p)]
+    if len(cards) != 1:
+        raise SeparatorError(
+            f"{folder}: expected one model card (.yaml with `architecture:` or `ensemble:`) in "
+            f"the folder, found {len(cards)}"
+        )
+    return cards[0]
+
+
+def _is_card_file(path: Path) -> bool:
+    try:
+        data = read_yaml(path)
+    except ConfigError:
+        return False
+    return "architecture" in data or "ensemble" in data
+
+
+def load_model(
+    model: str | os.PathLike | Mapping[str, Any] | ModelCard,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    model_type: str | None = None,
+    device: str | torch.device = "cpu",
+    offline: bool | None = None,
+) -> nn.Module:
+    """A model from a name, a card, an MSST YAML plus checkpoint, or a folder (see the module
+    doc); weights verified, loaded with `strict=True`, eval mode, on `device`.
+
+    `model_type`: MSST's name of the family for a raw MSST YAML (otherwise inferred from its
+    keys where that is unambiguous). `offline` (or SEPARATOR_OFFLINE=1) never downloads.
+    """
+    card, path = resolve(model, checkpoint, model_type=model_type)
+    if isinstance(card, EnsembleCard):
+        raise SeparatorError(
+            f"{card.name} is an ensemble: load it with load_separator({card.name!r})"
+        )
+    if path is None and not card.weights:
+        raise SeparatorError(f"{card.where}: a config needs its checkpoint; pass `checkpoint`")
+    return load_card(card, path, device=device, offline=offline)
+
+
+# --- converting and importing --------------------------------------------------------------------
+def convert_checkpoint(
+    checkpoint: str | Path,
+    config: str | Path,
+    output: str | Path,
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
+    model_type: str | None = None,
+) -> tuple[Path, Path]:
+    """Convert a checkpoint to `output` (.safetensors) plus a card beside it (.yaml).
+
+    The checkpoint is first loaded with `strict=True` into the model the config describes.
+    """
+    from separator.zoo.cards import save_card, weights_entry
+    from separator.zoo.formats import save_state_dict
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    if output.suffix != ".safetensors":
+        output = output.with_suffix(".safetensors")
+    card_path = output.with_suffix(".yaml")
+    for p in (output, card_path):
+        if p.exists() and not overwrite:
+            raise CheckpointError(f"{p}: already exists (pass `force=True` to overwrite)")
+    card = read_card(config, model_type=model_type)
+    model = load_card(card, checkpoint)
+    save_state_dict(model, output, metadata={"architecture": card.architecture})
+    card = ModelCard(
+        name=check_name(name or output.stem, "model name"),
+        architecture=card.architecture,
+        model=card.model,
+        stems=card.stems,
+        sample_rate=card.sample_rate,
+        chunk_size=card.chunk_size,
+        weights=weights_entry(output),
+        license="unknown: see the checkpoint's source",
+        source=f"converted from {checkpoint.name} with {Path(config).name}",
+    )
+    save_card(card, card_path)
+    return output, card_path
+
+
+def import_checkpoint(
+    checkpoint: str | Path,
+    config: str | Path,
+    name: str,
+    *,
+    folder: Path,
+    overwrite: bool = False,
+    model_type: str | None = None,
+) -> tuple[Path, Path]:
+    """`convert_checkpoint` into a models folder under a name no other card uses."""
+    check_name(name, "model name")
+    existing = all_cards().get(name)
+    if existing is not None and not (
+        overwrite and existing.path and existing.path.parent == folder
+    ):
+        raise SeparatorError(f"model name {name!r} is already used by {existing.path}")
+    return convert_checkpoint(
+        checkpoint,
+        config,
+        folder / f"{name}.safetensors",
+        name=name,
+        overwrite=overwrite,
+        model_type=model_type,
+    )
