@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.files import atomic_write, check_name, read_yaml, safe_name, sha256_file
+from separator.files import atomic_write, check_name, plain, read_yaml, safe_name, sha256_file
 from separator.nn import get_family, infer_msst_family
 
 ENSEMBLE_METHODS = ("avg", "median", "max_spec", "min_spec")
@@ -86,7 +86,7 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
         out["stems"] = list(self.stems)
-        out["model"] = _plain(self.model)
+        out["model"] = plain(self.model)
         return {k: v for k, v in out.items() if v not in ("", {}, [], None)}
 
     @classmethod
@@ -104,15 +104,6 @@ class ModelCard:
             return cls(**values, path=path)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from None
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively (YAML/JSON friendly)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
