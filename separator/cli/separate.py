@@ -10,9 +10,9 @@ import typer
 
 from separator.cli.common import cli_message, fail, separate_app
 from separator.errors import SeparatorError
-from separator.inference.audio import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT
 from separator.inference.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
 from separator.inference.separator import DEFAULT_FILENAME
+from separator.inference.writers import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT
 
 AUDIO_SUFFIXES = {
     ".wav",
@@ -93,8 +93,8 @@ def separate_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or summary")] = False,
 ) -> None:
     """Separate each INPUT into stems, streaming (memory does not grow with track length)."""
-    from separator.inference.audio import output_subtype
     from separator.inference.stems import resolve_stems
+    from separator.inference.writers import output_subtype
 
     if fmt not in ("wav", "flac"):
         raise fail(f"unknown --format {fmt!r}; use wav or flac")
