@@ -7,7 +7,8 @@ on this CPU that a 40 s file takes tens of seconds. Each case sends SIGINT at a 
   after each rename, so the test sees the first stem appear and interrupts before the second.
   A hook is deterministic where a large file only makes the window likely.
 After each: exit code 130 well within 30 s, "interrupted" printed, no temporary or lock file
-left, and each track has all its stems or none.
+left, and each track has all its stems or none. A second process started on the same outputs
+while the first writes them is refused with "already exists".
 """
 
 from __future__ import annotations
@@ -36,16 +37,20 @@ def _song(path: Path, seconds: float, seed: int = 0) -> Path:
     return path
 
 
-def _start(tmp_path: Path, songs: list[Path], *args: str, pause: float = 0.0):
-    config, ckpt = tiny_bs_files(tmp_path)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+def _command(tmp_path: Path, songs: list[Path], *args: str, pause: float = 0.0):
+    config, ckpt = tmp_path / "tiny0.yaml", tmp_path / "tiny0.ckpt"
+    if not ckpt.exists():
+        tiny_bs_files(tmp_path)
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     env["SEPARATOR_TEST_COMMIT_PAUSE"] = str(pause)
-    env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-c", PROGRAM, *map(str, songs), "--model", str(ckpt), "--config",
            str(config), "-o", str(tmp_path / "out"), "-q", "--clip", "none", *args]  # fmt: skip
+    return cmd, env
+
+
+def _start(tmp_path: Path, songs: list[Path], *args: str, pause: float = 0.0):
+    cmd, env = _command(tmp_path, songs, *args, pause=pause)
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -120,3 +125,17 @@ def test_ctrl_c_during_the_renames_keeps_whole_sets_only(tmp_path, jobs):
     assert _stem_sets(out) == {"short": STEMS}  # the set being renamed is whole, nothing else
     for stem in STEMS:
         assert sf.info(first / stem).frames == 2 * 44100
+
+
+def test_a_second_process_on_the_same_outputs_is_refused(tmp_path):
+    song = _song(tmp_path / "song.wav", 30)
+    proc = _start(tmp_path, [song])
+    out = tmp_path / "out"
+    _wait_for(lambda: len(_parts(out)) == 1, proc)
+    cmd, env = _command(tmp_path, [song])
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    target = out / "tiny0" / "song" / "other.wav"  # the first path claimed (sorted)
+    assert second.returncode == 2
+    assert f"error: {target}: already exists (another run is writing it now)" in second.stderr
+    code, _, _ = _interrupt(proc)
+    assert code == 130 and _leftovers(out) == [] and _stem_sets(out) == {}
