@@ -61,27 +61,32 @@ class Terminated(KeyboardInterrupt):
 # --- which files -------------------------------------------------------------------------------
 def expand_inputs(
     inputs: list[Path], *, recursive: bool, exclude: Path | None = None
-) -> tuple[list[tuple[Path, str]], list[str]]:
-    """(file, sub-folder under its input folder) for every audio file, and one error per input
-    that is missing or holds no audio. Hidden files and folders, and `exclude` (the output
-    folder), are skipped."""
+) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """(file, sub-folder under its input folder) for every audio file, and (input, error) for
+    every input that is missing or holds no audio. Hidden files and folders, and `exclude`
+    (the output folder), are skipped."""
     files, errors = [], []
     skip = exclude.resolve() if exclude is not None else None
     for path in inputs:
         if path.is_dir():
             found = [
-                (p, p.parent.relative_to(path).as_posix().strip("."))
+                (p, _sub_folder(p, path))
                 for p in sorted(path.rglob("*") if recursive else path.iterdir())
                 if _is_audio(p, path) and not (skip and skip in p.resolve().parents)
             ]
             if not found:
-                errors.append(f"{path}: folder holds no audio files")
+                errors.append((path, f"{path}: folder holds no audio files"))
             files += found
         elif not path.exists():
-            errors.append(f"{path}: no such file")
+            errors.append((path, f"{path}: no such file"))
         else:
             files.append((path, ""))
     return files, errors
+
+
+def _sub_folder(p: Path, root: Path) -> str:
+    rel = p.parent.relative_to(root).as_posix()
+    return "" if rel == "." else rel
 
 
 def _is_audio(p: Path, root: Path) -> bool:

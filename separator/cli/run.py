@@ -75,8 +75,8 @@ def run_batch(
     console = Console(stderr=True, quiet=quiet, highlight=False)
     report = _Reporter(console, json_out, manifest, shard)
     if shard.rank == 0:
-        for message in missing:
-            report(Result(message.split(":")[0], "failed", label, error=message))
+        for path, message in missing:
+            report(Result(str(path), "failed", label, error=message))
     for result in shard.take(failed):
         report(result)
     with _bars(console) as bars:

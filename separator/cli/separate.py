@@ -75,11 +75,11 @@ def separate_cmd(
         float | None, Opt(help="chunk length in seconds [the model's]")
     ] = None,
     batch_size: Annotated[int, Opt(help="chunks per model call")] = DEFAULT_BATCH_SIZE,
-    device: Annotated[str, Opt(help="auto, cpu, cuda or mps")] = "auto",
+    device: Annotated[str, Opt("--device", "-d", help="auto, cpu, cuda or mps")] = "auto",
     precision: Annotated[str, Opt(help="fp32, or bf16/fp16 autocast")] = "fp32",
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model")] = False,
     tta: Annotated[bool, Opt("--tta", help="average channel-swap/polarity passes")] = False,
-    jobs: Annotated[int, Opt(help="files separated at the same time")] = 1,
+    jobs: Annotated[int, Opt("--jobs", "-j", help="files separated at the same time")] = 1,
     recursive: Annotated[
         bool, Opt("--recursive", "-r", help="walk sub-folders, mirror them in the output")
     ] = False,

@@ -62,7 +62,9 @@ class Cancel:
         progress: renames take milliseconds)."""
         with self.lock:
             self._event.set()
-            for thing in list(self._live.values()):
-                with contextlib.suppress(Exception):
-                    thing.discard_files()
+            # Twice: a folder one track made may hold another track's folder until that goes.
+            for _ in range(2):
+                for thing in list(self._live.values()):
+                    with contextlib.suppress(Exception):
+                        thing.discard_files()
             self._live.clear()

@@ -479,5 +479,7 @@ def remove_folders(made: list[Path]) -> None:
     for folder in made:
         try:
             folder.rmdir()
+        except FileNotFoundError:  # removed already (a second pass of `Cancel.cancel`)
+            continue
         except OSError:  # not empty: another stem or file lives there
             break
