@@ -136,7 +136,9 @@ def test_separate_by_name_downloads_verifies_and_caches(
     direct = Separator(load_model(read_card(user_models / "tiny_a.yaml"), cached), device="cpu")
     wav = torch.from_numpy(_read(song).T.copy())
     expected = direct.separate_tensor(wav, 44100)["vocals"].numpy().T
-    np.testing.assert_allclose(_read(tmp_path / "out" / "song" / "vocals.wav"), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        _read(tmp_path / "out" / "tiny_a" / "song" / "vocals.wav"), expected, atol=1e-6
+    )
     assert main(["models", "verify", "tiny_a"]) == 0
     assert "OK" in capsys.readouterr().out
     requests = len(server.requests)
