@@ -204,7 +204,8 @@ def test_cli_ensemble_is_the_weighted_average(
         folder = tmp_path / models.replace(",", "+")
         argv = [str(song), "--model", models, "-o", str(folder), "-q", "--bits", "32"] + extra
         assert separate_main(argv) == 0
-        out[models] = _read(folder / "song" / "vocals.wav")
+        label = models.replace(",", "+")  # {model} of an ensemble: its members joined by "+"
+        out[models] = _read(folder / label / "song" / "vocals.wav")
     expected = (out["tiny_e"] + 3 * out["tiny_f"]) / 4
     np.testing.assert_allclose(out["tiny_e,tiny_f"], expected, atol=1e-6)
     assert np.abs(out["tiny_e"] - out["tiny_f"]).max() > 1e-3
