@@ -136,7 +136,9 @@ def test_separate_by_name_downloads_verifies_and_caches(
     direct = Separator(load_model(read_card(user_models / "tiny_a.yaml"), cached), device="cpu")
     wav = torch.from_numpy(_read(song).T.copy())
     expected = direct.separate_tensor(wav, 44100)["vocals"].numpy().T
-    np.testing.assert_allclose(_read(tmp_path / "out" / "song" / "vocals.wav"), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        _read(tmp_path / "out" / "tiny_a" / "song" / "vocals.wav"), expected, atol=1e-6
+    )
     assert main(["models", "verify", "tiny_a"]) == 0
     assert "OK" in capsys.readouterr().out
     requests = len(server.requests)
@@ -202,7 +204,8 @@ def test_cli_ensemble_is_the_weighted_average(
         folder = tmp_path / models.replace(",", "+")
         argv = [str(song), "--model", models, "-o", str(folder), "-q", "--bits", "32"] + extra
         assert separate_main(argv) == 0
-        out[models] = _read(folder / "song" / "vocals.wav")
+        label = models.replace(",", "+")  # {model} of an ensemble: its members joined by "+"
+        out[models] = _read(folder / label / "song" / "vocals.wav")
     expected = (out["tiny_e"] + 3 * out["tiny_f"]) / 4
     np.testing.assert_allclose(out["tiny_e,tiny_f"], expected, atol=1e-6)
     assert np.abs(out["tiny_e"] - out["tiny_f"]).max() > 1e-3

@@ -61,6 +61,8 @@ class PipelineBase:
         for plan in self.plans:
             if plan.index is not None:
                 out[plan.name] = np.ascontiguousarray(stem(plan.index))
+            elif plan.adds:
+                out[plan.name] = sum(stem(i) for i in plan.adds).astype(np.float32)
             else:
                 rest = sum(stem(i) for i in plan.minus)
                 out[plan.name] = (mix - rest).astype(np.float32)
