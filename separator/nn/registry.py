@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.nn import bs_roformer, mel_roformer, scnet
+from separator.nn import apollo, bs_roformer, mdx23c, mel_roformer, scnet
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
@@ -19,6 +19,8 @@ _BUILTIN: tuple[Family, ...] = (
     scnet.SCNET,
     scnet.SCNET_MASKED,
     scnet.SCNET_TRAN,
+    mdx23c.FAMILY,
+    apollo.FAMILY,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _BUILTIN}
