@@ -43,7 +43,9 @@ def read_section(
             f"{section}: key(s) {', '.join(extra)} are ignored (MSST does not read them either)",
             stacklevel=3,
         )
-    kwargs = {k: _convert(v, fields[k].type, f"{section}.{k}") for k, v in values.items()}
+    kwargs = {
+        k: _convert(v, fields[k].type, f"{section}.{k}") for k, v in values.items() if k in fields
+    }
     missing = [
         n
         for n, f in fields.items()
@@ -53,7 +55,7 @@ def read_section(
     ]
     if missing:
         raise ConfigError(f"{section} lacks required key(s): {', '.join(missing)}")
-    return cls(**{k: v for k, v in kwargs.items() if k in fields})
+    return cls(**kwargs)
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:
