@@ -22,10 +22,11 @@ Quirks of the reference, and what this module does:
   features are laid out that way from the STFT on (all 1×1 convs do not care), so no transposed
   views reach the convolutions.
 - Down/upscaling uses kernel = stride = `scale`, so the frame count must be a multiple of
-  scale[0]^num_scales. MSST's chunk (hop·(dim_t − 1) samples, dim_t frames) is; at that length
-  the output equals MSST's. Other lengths fail in MSST (or return floor(T/hop)·hop samples);
-  here the input is zero-padded on the right to the next length the U-Net takes, and the output
-  cropped back: output length = input length.
+  scale[0]^num_scales. MSST's chunk (hop·(dim_t − 1) samples, dim_t frames) is. Wherever MSST
+  runs, the output equals MSST's, which has floor(T/hop)·hop samples; the last (< hop) samples,
+  which MSST drops, come from the same iSTFT (the last frames' windows reach them). Other
+  lengths fail in MSST; here the input is zero-padded on the right to the next length the U-Net
+  takes and the output cropped back. Output length = input length.
 - The stem axis is kept (also for one `target_instrument`), as in MSST.
 - MSST's last reshape hard-codes 2 audio channels, so its mono output is scrambled; here mono
   works (no mono checkpoint can exist: MSST cannot train one).
@@ -155,11 +156,46 @@ class TFCTDF(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
-            s = block.shortcut(x)
-            x = block.tfc1(x)
-            x = block.tdf(x).add_(x)
-            x = block.tfc2(x).add_(s)
+            s = conv1x1(block.shortcut, x)
+            x = pre(block.tfc1, x)
+            tdf = block.tdf
+            x = tdf[5](norm_act(tdf[3], tdf[4], tdf[2](norm_act(tdf[0], tdf[1], x)))).add_(x)
+            x = pre(block.tfc2, x).add_(s)
         return x
+
+
+def norm_act(norm: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
+    """act(norm(x)) for x (b, c, t, f), in fewer passes than the two modules.
+
+    An eval batch norm becomes one per-channel multiply-add, and the activation runs in place
+    when no gradient is recorded.
+    """
+    if isinstance(norm, nn.BatchNorm2d) and not norm.training:
+        var, mean = (v.view(-1, 1, 1) for v in (norm.running_var, norm.running_mean))
+        scale = torch.rsqrt(var + norm.eps) * norm.weight.view(-1, 1, 1)
+        y = torch.addcmul(norm.bias.view(-1, 1, 1) - mean * scale, x, scale)
+    else:
+        y = norm(x)  # instance/group norm (torch's fused kernels beat var_mean here), identity
+    if torch.is_grad_enabled():
+        return act(y)
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(y)
+    if isinstance(act, nn.ELU):
+        return F.elu_(y, act.alpha)
+    return F.relu_(y)
+
+
+def pre(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """A `_pre` Sequential (norm, activation, layer) through `norm_act`."""
+    return seq[2](norm_act(seq[0], seq[1], x))
+
+
+def conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A bias-free 1×1 convolution as one matmul over channels (torch's CPU conv takes a slow
+    im2col path for 1×1 kernels)."""
+    b, _, t, f = x.shape
+    w = conv.weight.view(conv.weight.shape[0], -1).expand(b, -1, -1)
+    return torch.bmm(w, x.reshape(b, -1, t * f)).view(b, -1, t, f)
 
 
 class MDX23C(nn.Module):
@@ -218,28 +254,39 @@ class MDX23C(nn.Module):
         spec = stft(padded, n_fft=self.config.n_fft, hop_length=self.config.hop_length,
                     window=self.window)  # fmt: skip
         mix = self._to_features(spec[:, :, : self.config.dim_f])
-        x = first = self.first_conv(mix)
+        x = first = conv1x1(self.first_conv, mix)
         skips = []
         for block in self.encoder_blocks:
             x = block.tfc_tdf(x)
             skips.append(x)
-            x = block.downscale.conv(x)
+            x = pre(block.downscale.conv, x)
         x = self.bottleneck_block(x)
         for block in self.decoder_blocks:
-            x = block.upscale.conv(x)
+            x = pre(block.upscale.conv, x)
             x = block.tfc_tdf(torch.cat([x, skips.pop()], 1))
-        x = self.final_conv(torch.cat([mix, x.mul_(first)], 1))  # "reduce artifacts" (MSST)
+        x = torch.cat([mix, x.mul_(first)], 1)  # "reduce artifacts" (MSST)
+        final = self.final_conv
+        x = conv1x1(final[2], final[1](conv1x1(final[0], x)))
         out = spec.new_zeros(b, self.num_stems, s, *spec.shape[-2:])
         out[:, :, :, : self.config.dim_f] = self._from_features(x)
         wav = istft(out, n_fft=self.config.n_fft, hop_length=self.config.hop_length,
-                    window=self.window)  # fmt: skip
-        return wav[..., :length]
+                    window=self.window, length=length)  # fmt: skip
+        return wav
 
     def _padded_length(self, length: int) -> int:
-        """The shortest length >= `length` whose frame count the U-Net takes (see docstring)."""
+        """The length the U-Net runs at (see the module docstring).
+
+        Where MSST itself runs (floor(length/hop) + 1 frames, a multiple of
+        scale[0]^num_scales), the input is used as is, so the output equals MSST's over its
+        floor(length/hop)·hop samples (the iSTFT fills the rest). Otherwise
+        the input is zero-padded to the shortest length that the U-Net takes and that covers it.
+        """
         hop, step = self.config.hop_length, self.config.scale[0] ** self.config.num_scales
-        frames = math.ceil(length / hop) + 1
-        frames = max(frames, self.config.n_fft // (2 * hop) + 2)  # reflect padding needs this
+        fewest = self.config.n_fft // (2 * hop) + 2  # reflect padding needs this many frames
+        frames = length // hop + 1
+        if frames % step == 0 and frames >= fewest:
+            return length
+        frames = max(math.ceil(length / hop) + 1, fewest)
         return (math.ceil(frames / step) * step - 1) * hop
 
     def _to_features(self, spec: Tensor) -> Tensor:
