@@ -7,7 +7,7 @@ import pytest
 from separator.errors import ConfigError
 from separator.nn import infer_msst_family
 from separator.nn.family import msst_stems, safe_stem_name, safe_stem_names
-from tests.msst_families import CONFIGS, msst_config
+from tests.msst_families import CONFIGS, msst_config, one_thread  # noqa: F401  (autouse)
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,26 @@ def test_unclear_configs_are_one_line_errors(model):
     with pytest.raises(ConfigError, match="cannot tell the model type") as err:
         infer_msst_family(model)
     assert "\n" not in str(err.value)
+
+
+def _tiny_configs():
+    from tests import test_nn_apollo, test_nn_mdx23c, test_nn_scnet
+
+    scnet = test_nn_scnet.tiny()
+    return [("scnet", scnet), ("scnet_masked", scnet), ("scnet_tran", scnet),
+            ("mdx23c", test_nn_mdx23c.tiny()), ("apollo", test_nn_apollo.tiny())]  # fmt: skip
+
+
+@pytest.mark.parametrize(("family", "config"), _tiny_configs(), ids=[f for f, _ in _tiny_configs()])
+def test_trains(family, config):
+    """In train mode every parameter MSST trains gets a gradient (phase B trains these)."""
+    import torch
+
+    from tests.msst_families import build, card_fields
+
+    module = build(family, card_fields(family, config)).train()
+    out = module(torch.randn(2, module.audio_channels, 3000))
+    out.square().mean().backward()
+    missing = {n for n, p in module.named_parameters() if p.requires_grad and p.grad is None}
+    # SCNet_Tran's first_conv is built but never used by MSST either.
+    assert missing == ({"first_conv.weight"} if family == "scnet_tran" else set())
