@@ -48,7 +48,7 @@ from separator.nn.family import Family, msst_audio, msst_stem_names, set_io
 from separator.nn.msst_config import positive, read_section
 from separator.nn.stft import istft, stft
 
-_AUDIO_KEYS = {"n_fft": "n_fft", "hop_length": "hop_length", "dim_f": "dim_f"}
+_AUDIO_KEYS = ("n_fft", "hop_length", "dim_f")  # copied from `audio:` under the same names
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,9 @@ class TFCTDF(nn.Module):
         for block in self.blocks:
             s = conv1x1(block.shortcut, x)
             x = pre(block.tfc1, x)
-            tdf = block.tdf
-            x = tdf[5](norm_act(tdf[3], tdf[4], tdf[2](norm_act(tdf[0], tdf[1], x)))).add_(x)
+            tdf = block.tdf  # norm, act, Linear(f → f/bn), norm, act, Linear(f/bn → f)
+            h = tdf[2](norm_act(tdf[0], tdf[1], x))
+            x = tdf[5](norm_act(tdf[3], tdf[4], h)).add_(x)
             x = pre(block.tfc2, x).add_(s)
         return x
 
@@ -322,7 +323,7 @@ def _from_msst(config: Mapping[str, Any]) -> dict[str, Any]:
     missing = [f"audio.{k}" for k in (*_AUDIO_KEYS, "num_channels") if k not in audio]
     if missing:
         raise ConfigError(f"mdx23c reads {', '.join(missing)}, which the config lacks")
-    model.update({new: audio[old] for old, new in _AUDIO_KEYS.items()})
+    model.update({k: audio[k] for k in _AUDIO_KEYS})
     model["audio_channels"] = audio["num_channels"]
     # Keys MSST does not read: one warning now, and the card keeps only what the model reads.
     read_section(MDX23CConfig, model, section="model", unknown="warn")
