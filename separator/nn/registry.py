@@ -10,12 +10,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.nn import bs_roformer, mel_roformer
+from separator.nn import apollo, bs_roformer, mdx23c, mel_roformer, scnet
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
     bs_roformer.FAMILY,
     mel_roformer.FAMILY,
+    scnet.SCNET,
+    scnet.SCNET_MASKED,
+    scnet.SCNET_TRAN,
+    mdx23c.FAMILY,
+    apollo.FAMILY,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _BUILTIN}
