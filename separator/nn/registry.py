@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.nn import bs_roformer, mel_roformer
+from separator.nn import bs_roformer, demucs, mel_roformer
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
     bs_roformer.FAMILY,
     mel_roformer.FAMILY,
+    *demucs.FAMILIES,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _BUILTIN}
