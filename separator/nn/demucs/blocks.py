@@ -181,7 +181,6 @@ class DConv(nn.Module):
         super().__init__()
         check(kernel % 2 == 1, "DConv kernel must be odd")
         hidden = int(channels / compress)
-        check(hidden > 0, f"dconv_comp={compress} leaves no channels of {channels}")
         dilate = depth > 0
 
         def norm_fn(d: int) -> nn.Module:

@@ -121,8 +121,9 @@ class DemucsBag(nn.Module):
     members' forwards.
 
     demucs's own `BagOfModels.forward` raises ("call apply_model"): apply_model runs every member
-    through its own chunking (its own segment, shifts drawn per member) and only then averages.
-    This forward is that average for one chunk that every member runs as is.
+    through its own chunking (its own segment, shifts drawn per member, each chunk widened to
+    the member's valid length with neighbouring samples) and only then averages. This forward
+    is that average for one chunk that every member runs as is.
     """
 
     def __init__(

@@ -92,6 +92,12 @@ class HybridBase(nn.Module):
         chin, chout, chout_z = audio_channels, channels_time or channels, channels
         chin_z = 2 * chin if cac else chin
         plan = layer_plan(depth, nfft, kernel_size, stride, time_stride)
+        merge = [i for i, step in enumerate(plan) if step[4]]
+        check(
+            not (self.hybrid and merge) or stride ** (merge[0] + 1) == nfft // 4,
+            f"nfft={nfft}: the time branch (stride {stride}) does not reach the STFT hop "
+            f"{nfft // 4} where the branches merge; use nfft = 4·stride^k",
+        )
         for index, (freq, ker, stri, pad, last_freq, freqs) in enumerate(plan):
             kw = dict(
                 kernel_size=ker,
