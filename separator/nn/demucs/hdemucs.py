@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from separator.nn.demucs.blocks import check, rescale_convs
-from separator.nn.demucs.hybrid import HybridBase, layer_plan
+from separator.nn.demucs.hybrid import HybridBase, UNetArgs, layer_plan
 
 
 class HDemucs(HybridBase):
@@ -82,33 +82,7 @@ class HDemucs(HybridBase):
         self.wiener_iters, self.end_iters = wiener_iters, end_iters
         self.wiener_residual = wiener_residual
         self.samplerate, self.segment = samplerate, segment
-        self._build(
-            sources=sources,
-            audio_channels=audio_channels,
-            channels=channels,
-            channels_time=channels_time,
-            growth=growth,
-            nfft=nfft,
-            cac=cac,
-            depth=depth,
-            rewrite=rewrite,
-            multi_freqs=multi_freqs,
-            multi_freqs_depth=multi_freqs_depth,
-            freq_emb=freq_emb,
-            emb_scale=emb_scale,
-            emb_smooth=emb_smooth,
-            kernel_size=kernel_size,
-            time_stride=time_stride,
-            stride=stride,
-            context=context,
-            context_enc=context_enc,
-            norm_starts=norm_starts,
-            norm_groups=norm_groups,
-            dconv_mode=dconv_mode,
-            dconv_attn=dconv_attn,
-            dconv_lstm=dconv_lstm,
-            dconv_kw=dict(depth=dconv_depth, compress=dconv_comp, init=dconv_init, gelu=True),
-        )
+        self._build(UNetArgs.pick(locals()))
         if rescale:
             rescale_convs(self, rescale)
 

@@ -7,6 +7,7 @@ Axis legend: b batch, c audio channels, s sources, f bins, t frames, n samples.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -16,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from separator.nn.demucs.blocks import check, rescale_convs
-from separator.nn.demucs.hybrid import HybridBase, layer_plan
+from separator.nn.demucs.hybrid import HybridBase, UNetArgs, layer_plan
 from separator.nn.demucs.transformer import CrossTransformerEncoder
 
 
@@ -117,31 +118,7 @@ class HTDemucs(HybridBase):
         self.bottom_channels, self.use_train_segment = bottom_channels, use_train_segment
         self.samplerate, self.segment = samplerate, segment
         self.t_weight_decay, self.t_lr = t_weight_decay, t_lr  # optimiser settings, kept as data
-        self._build(
-            sources=sources,
-            audio_channels=audio_channels,
-            channels=channels,
-            channels_time=channels_time,
-            growth=growth,
-            nfft=nfft,
-            cac=cac,
-            depth=depth,
-            rewrite=rewrite,
-            multi_freqs=multi_freqs,
-            multi_freqs_depth=multi_freqs_depth,
-            freq_emb=freq_emb,
-            emb_scale=emb_scale,
-            emb_smooth=emb_smooth,
-            kernel_size=kernel_size,
-            time_stride=time_stride,
-            stride=stride,
-            context=context,
-            context_enc=context_enc,
-            norm_starts=norm_starts,
-            norm_groups=norm_groups,
-            dconv_mode=dconv_mode,
-            dconv_kw=dict(depth=dconv_depth, compress=dconv_comp, init=dconv_init, gelu=True),
-        )
+        self._build(UNetArgs.pick(locals()))
         if rescale:  # before the bottom convs and the transformer exist, as in demucs
             rescale_convs(self, rescale)
         width = int(channels * growth ** (depth - 1))
@@ -153,29 +130,12 @@ class HTDemucs(HybridBase):
             width = bottom_channels
         self.crosstransformer = None
         if t_layers > 0:
-            self.crosstransformer = CrossTransformerEncoder(
-                width,
-                emb=t_emb,
-                hidden_scale=t_hidden_scale,
-                num_heads=t_heads,
-                num_layers=t_layers,
-                cross_first=t_cross_first,
-                dropout=t_dropout,
-                max_positions=t_max_positions,
-                norm_in=t_norm_in,
-                norm_in_group=t_norm_in_group,
-                group_norm=t_group_norm,
-                norm_first=t_norm_first,
-                norm_out=t_norm_out,
-                max_period=t_max_period,
-                layer_scale=t_layer_scale,
-                gelu=t_gelu,
-                sin_random_shift=t_sin_random_shift,
-                weight_pos_embed=t_weight_pos_embed,
-                cape_mean_normalize=t_cape_mean_normalize,
-                cape_augment=t_cape_augment,
-                cape_glob_loc_scale=t_cape_glob_loc_scale,
-            )
+            # the t_* arguments are the transformer's, without the prefix
+            names = inspect.signature(CrossTransformerEncoder).parameters
+            transformer = {
+                k[2:]: v for k, v in locals().items() if k[2:] in names and k[:2] == "t_"
+            }
+            self.crosstransformer = CrossTransformerEncoder(width, **transformer)
 
     @property
     def training_length(self) -> int:

@@ -10,7 +10,8 @@ Axis legend: b batch, c audio channels, s sources, f bins, t frames, n samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -44,119 +45,144 @@ def layer_plan(depth: int, nfft: int, kernel_size: int, stride: int, time_stride
     return plan
 
 
+@dataclass(frozen=True)
+class UNetArgs:
+    """The constructor arguments HDemucs and HTDemucs share (demucs's names and meanings)."""
+
+    sources: Sequence[str]
+    audio_channels: int
+    channels: int
+    channels_time: int | None
+    growth: float
+    nfft: int
+    cac: bool
+    depth: int
+    rewrite: bool
+    multi_freqs: Sequence[float] | None
+    multi_freqs_depth: int
+    freq_emb: float
+    emb_scale: float
+    emb_smooth: bool
+    kernel_size: int
+    time_stride: int
+    stride: int
+    context: int
+    context_enc: int
+    norm_starts: int
+    norm_groups: int
+    dconv_mode: int
+    dconv_depth: int
+    dconv_comp: float
+    dconv_init: float
+    dconv_attn: float = math.inf  # HTDemucs has no attention/LSTM in its DConvs
+    dconv_lstm: float = math.inf
+
+    @classmethod
+    def pick(cls, arguments: Mapping[str, Any]) -> UNetArgs:
+        """The fields found in a constructor's arguments (its `locals()`)."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+
+
+def _widths(plan: list, u: UNetArgs) -> list[tuple[int, ...]]:
+    """Per layer: (spec in, spec out, time in, time out, spec decoder out, time decoder out).
+
+    Widths grow by `growth` per layer; the merge layer widens both branches to the larger one;
+    the outermost decoders output sources x channels (x 2 for CaC)."""
+    chin, chout, chout_z = u.audio_channels, u.channels_time or u.channels, u.channels
+    chin_z = 2 * chin if u.cac else chin
+    out_t = u.audio_channels * len(u.sources)
+    out_z = 2 * out_t if u.cac else out_t
+    widths = []
+    for index, step in enumerate(plan):
+        if step[4]:  # last_freq
+            chout_z = chout = max(chout, chout_z)
+        dec_z, dec_t = (out_z, out_t) if index == 0 else (chin_z, chin)
+        widths.append((chin_z, chout_z, chin, chout, dec_z, dec_t))
+        chin, chin_z = chout, chout_z
+        chout, chout_z = int(u.growth * chout), int(u.growth * chout_z)
+    return widths
+
+
+def _layer_kwargs(index: int, step: tuple, u: UNetArgs) -> tuple[dict, dict]:
+    """Keyword arguments of layer `index` of the spectrogram branch and of the time branch."""
+    freq, ker, stri, pad = step[:4]
+    dconv_kw = dict(
+        depth=u.dconv_depth,
+        compress=u.dconv_comp,
+        init=u.dconv_init,
+        gelu=True,
+        lstm=index >= u.dconv_lstm,
+        attn=index >= u.dconv_attn,
+    )
+    kw = dict(
+        kernel_size=ker,
+        stride=stri,
+        freq=freq,
+        pad=pad,
+        rewrite=u.rewrite,
+        norm=index >= u.norm_starts,
+        norm_groups=u.norm_groups,
+        dconv_kw=dconv_kw,
+    )
+    return kw, dict(kw, freq=False, kernel_size=u.kernel_size, stride=u.stride, pad=True)
+
+
 class HybridBase(nn.Module):
     """Spectrogram + waveform U-Net. forward: (b, c, n) -> (b, s, c, n)."""
 
     hybrid: bool = True
     hybrid_old: bool = False
 
-    def _build(
-        self,
-        *,
-        sources: Sequence[str],
-        audio_channels: int,
-        channels: int,
-        channels_time: int | None,
-        growth: float,
-        nfft: int,
-        cac: bool,
-        depth: int,
-        rewrite: bool,
-        multi_freqs: Sequence[float] | None,
-        multi_freqs_depth: int,
-        freq_emb: float,
-        emb_scale: float,
-        emb_smooth: bool,
-        kernel_size: int,
-        time_stride: int,
-        stride: int,
-        context: int,
-        context_enc: int,
-        norm_starts: int,
-        norm_groups: int,
-        dconv_mode: int,
-        dconv_kw: dict[str, Any],
-        dconv_attn: float = math.inf,
-        dconv_lstm: float = math.inf,
-    ) -> None:
+    def _build(self, u: UNetArgs) -> None:
         """Create encoder, decoder, tencoder, tdecoder and freq_emb in demucs's order."""
-        check(len(sources) > 0, "`sources` must name at least one source")
-        check(nfft >= 4 and nfft % 4 == 0, f"nfft={nfft} must be a multiple of 4")
-        self.sources, self.audio_channels, self.cac = list(sources), audio_channels, cac
-        self.kernel_size, self.context, self.stride = kernel_size, context, stride
-        self.depth, self.channels, self.nfft, self.hop_length = depth, channels, nfft, nfft // 4
+        check(len(u.sources) > 0, "`sources` must name at least one source")
+        check(u.nfft >= 4 and u.nfft % 4 == 0, f"nfft={u.nfft} must be a multiple of 4")
+        self.sources, self.audio_channels, self.cac = list(u.sources), u.audio_channels, u.cac
+        self.kernel_size, self.context, self.stride = u.kernel_size, u.context, u.stride
+        self.depth, self.channels = u.depth, u.channels
+        self.nfft, self.hop_length = u.nfft, u.nfft // 4
         self.freq_emb = None
         self.encoder, self.decoder = nn.ModuleList(), nn.ModuleList()
         if self.hybrid:
             self.tencoder, self.tdecoder = nn.ModuleList(), nn.ModuleList()
-        chin, chout, chout_z = audio_channels, channels_time or channels, channels
-        chin_z = 2 * chin if cac else chin
-        plan = layer_plan(depth, nfft, kernel_size, stride, time_stride)
+        plan = layer_plan(u.depth, u.nfft, u.kernel_size, u.stride, u.time_stride)
         merge = [i for i, step in enumerate(plan) if step[4]]
         check(
-            not (self.hybrid and merge) or stride ** (merge[0] + 1) == nfft // 4,
-            f"nfft={nfft}: the time branch (stride {stride}) does not reach the STFT hop "
-            f"{nfft // 4} where the branches merge; use nfft = 4·stride^k",
+            not (self.hybrid and merge) or u.stride ** (merge[0] + 1) == u.nfft // 4,
+            f"nfft={u.nfft}: the time branch (stride {u.stride}) does not reach the STFT hop "
+            f"{u.nfft // 4} where the branches merge; use nfft = 4·stride^k",
         )
-        for index, (freq, ker, stri, pad, last_freq, freqs) in enumerate(plan):
-            kw = dict(
-                kernel_size=ker,
-                stride=stri,
-                freq=freq,
-                pad=pad,
-                rewrite=rewrite,
-                norm=index >= norm_starts,
-                norm_groups=norm_groups,
-                dconv_kw=dict(dconv_kw, lstm=index >= dconv_lstm, attn=index >= dconv_attn),
+        widths = _widths(plan, u)
+        for index, (step, width) in enumerate(zip(plan, widths)):
+            self._add_layer(index, step, width, u)
+        if u.freq_emb:  # after layer 0, over its output bins and channels
+            self.freq_emb = FreqEmbedding(
+                plan[0][5], widths[0][1], smooth=u.emb_smooth, scale=u.emb_scale
             )
-            kwt = dict(kw, freq=False, kernel_size=kernel_size, stride=stride, pad=True)
-            multi = bool(multi_freqs) and index < multi_freqs_depth
-            if last_freq:
-                chout_z = chout = max(chout, chout_z)
-            enc = HEncLayer(chin_z, chout_z, dconv=dconv_mode & 1, context=context_enc, **kw)
-            if self.hybrid and freq:
-                self.tencoder.append(
-                    HEncLayer(
-                        chin,
-                        chout,
-                        dconv=dconv_mode & 1,
-                        context=context_enc,
-                        empty=last_freq,
-                        **kwt,
-                    )
-                )
-            self.encoder.append(MultiWrap(enc, multi_freqs) if multi else enc)
-            if index == 0:
-                chin = audio_channels * len(self.sources)
-                chin_z = 2 * chin if cac else chin
-            dec = HDecLayer(
-                chout_z,
-                chin_z,
-                dconv=dconv_mode & 2,
-                last=index == 0,
-                context=context,
-                **dict(kw, context_freq=not multi),
-            )
-            if self.hybrid and freq:
-                self.tdecoder.insert(
-                    0,
-                    HDecLayer(
-                        chout,
-                        chin,
-                        dconv=dconv_mode & 2,
-                        empty=last_freq,
-                        last=index == 0,
-                        context=context,
-                        **kwt,
-                    ),
-                )
-            self.decoder.insert(0, MultiWrap(dec, multi_freqs) if multi else dec)
-            chin, chin_z = chout, chout_z
-            chout, chout_z = int(growth * chout), int(growth * chout_z)
-            if index == 0 and freq_emb:
-                self.freq_emb = FreqEmbedding(freqs, chin_z, smooth=emb_smooth, scale=emb_scale)
-                self.freq_emb_scale = freq_emb
-        self.register_buffer("window", torch.hann_window(nfft), persistent=False)
+            self.freq_emb_scale = u.freq_emb
+        self.register_buffer("window", torch.hann_window(u.nfft), persistent=False)
+
+    def _add_layer(self, index: int, step: tuple, width: tuple, u: UNetArgs) -> None:
+        """Encoder and decoder layers (both branches) of depth `index`, in demucs's order."""
+        freq, last_freq = step[0], step[4]
+        z_in, z_out, t_in, t_out, z_dec, t_dec = width
+        kw, kwt = _layer_kwargs(index, step, u)
+        multi = bool(u.multi_freqs) and index < u.multi_freqs_depth
+        last = index == 0
+        enc = HEncLayer(z_in, z_out, dconv=u.dconv_mode & 1, context=u.context_enc, **kw)
+        if self.hybrid and freq:
+            tenc = HEncLayer(t_in, t_out, dconv=u.dconv_mode & 1, context=u.context_enc,
+                             empty=last_freq, **kwt)  # fmt: skip
+            self.tencoder.append(tenc)
+        self.encoder.append(MultiWrap(enc, u.multi_freqs) if multi else enc)
+        dec = HDecLayer(z_out, z_dec, dconv=u.dconv_mode & 2, last=last, context=u.context,
+                        **dict(kw, context_freq=not multi))  # fmt: skip
+        dec = MultiWrap(dec, u.multi_freqs) if multi else dec
+        if self.hybrid and freq:
+            tdec = HDecLayer(t_out, t_dec, dconv=u.dconv_mode & 2, empty=last_freq, last=last,
+                             context=u.context, **kwt)  # fmt: skip
+            self.tdecoder.insert(0, tdec)
+        self.decoder.insert(0, dec)
 
     # --- spectrogram -----------------------------------------------------------------------
     def _spec(self, x: Tensor) -> Tensor:

@@ -201,8 +201,8 @@ class CrossTransformerEncoder(nn.Module):
         *,
         emb: str = "sin",
         hidden_scale: float = 4.0,
-        num_heads: int = 8,
-        num_layers: int = 6,
+        heads: int = 8,
+        layers: int = 6,
         cross_first: bool = False,
         dropout: float = 0.0,
         max_positions: int = 1000,
@@ -221,10 +221,10 @@ class CrossTransformerEncoder(nn.Module):
         cape_glob_loc_scale: tuple = (5000.0, 1.0, 1.4),
     ) -> None:
         super().__init__()
-        check(dim % num_heads == 0, f"transformer width {dim} not divisible by t_heads={num_heads}")
+        check(dim % heads == 0, f"transformer width {dim} not divisible by t_heads={heads}")
         check(dim % 4 == 0, f"transformer width {dim} must be a multiple of 4 (2-D positions)")
         check(emb in ("sin", "cape", "scaled"), f"t_emb={emb!r}: expected sin, cape or scaled")
-        self.num_layers, self.classic_parity = num_layers, 1 if cross_first else 0
+        self.num_layers, self.classic_parity = layers, 1 if cross_first else 0
         self.emb, self.max_period = emb, max_period
         self.weight_pos_embed, self.sin_random_shift = weight_pos_embed, sin_random_shift
         self.cape = (cape_mean_normalize, cape_augment, tuple(cape_glob_loc_scale))
@@ -248,10 +248,10 @@ class CrossTransformerEncoder(nn.Module):
         )
         hidden = int(dim * hidden_scale)
         self.layers, self.layers_t = nn.ModuleList(), nn.ModuleList()
-        for idx in range(num_layers):
+        for idx in range(layers):
             cross = idx % 2 != self.classic_parity
-            self.layers.append(EncoderLayer(dim, num_heads, hidden, cross=cross, **kw))
-            self.layers_t.append(EncoderLayer(dim, num_heads, hidden, cross=cross, **kw))
+            self.layers.append(EncoderLayer(dim, heads, hidden, cross=cross, **kw))
+            self.layers_t.append(EncoderLayer(dim, heads, hidden, cross=cross, **kw))
 
     def forward(self, x: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
         b, c, f, t = x.shape
