@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from separator.errors import CheckpointError, ConfigError
 from separator.nn import demucs as demucs_nn
+from separator.nn.demucs.demucs_v2 import rename_pre_v3
 
 
 class _HTDemucsRef:
@@ -129,7 +130,7 @@ def _float_state(state: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
 def read_package(path: str | Path) -> DemucsPackage:
     """Read a demucs `.th` package: its class, constructor arguments, float32 state, extras.
 
-    A DiffQ-quantized state is decoded onto a freshly built model (see `nn.demucs.diffq`).
+    A DiffQ-quantized state is decoded onto a freshly built model (see the DiffQ section).
     """
     path = Path(path)
     pkg = safe_load(path)
@@ -188,21 +189,9 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: Path) -> n
 
 def _diff_keys(module: nn.Module, state: Mapping[str, Tensor]) -> tuple[list, list]:
     expected = set(module.state_dict())
-    if isinstance(module, demucs_nn.Demucs):
-        state = _renamed_v2(module, state)
+    if isinstance(module, demucs_nn.Demucs):  # it also accepts pre-v3 key names
+        state = rename_pre_v3(state, module.depth)
     return sorted(expected - set(state)), sorted(set(state) - expected)
-
-
-def _renamed_v2(module: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The key set `Demucs.load_state_dict` sees after its pre-v3 rename."""
-    state = dict(state)
-    for idx in range(module.depth):
-        for part in ("encoder", "decoder"):
-            for name in ("bias", "weight"):
-                new, old = f"{part}.{idx}.3.{name}", f"{part}.{idx}.2.{name}"
-                if old in state and new not in state:
-                    state[new] = state.pop(old)
-    return state
 
 
 def _first(e: BaseException) -> str:

@@ -9,7 +9,7 @@ Axis legend: b batch, c audio channels, s sources, t samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -168,16 +168,22 @@ class Demucs(nn.Module):
         return x.view(x.shape[0], len(self.sources), self.audio_channels, length)
 
     def load_state_dict(self, state: dict[str, Tensor], strict: bool = True, assign: bool = False):
-        """demucs's `Demucs.load_state_dict`: pre-v3 checkpoints name the rewrite conv `.2.`
-        where v3 has `.3.`; rename when only the old key is there (demucs/demucs.py, 4.1.0)."""
-        state = dict(state)
-        for idx in range(self.depth):
-            for part in ("encoder", "decoder"):
-                for name in ("bias", "weight"):
-                    new, old = f"{part}.{idx}.3.{name}", f"{part}.{idx}.2.{name}"
-                    if old in state and new not in state:
-                        state[new] = state.pop(old)
-        return super().load_state_dict(state, strict=strict, assign=assign)
+        """Also loads pre-v3 key names (see `rename_pre_v3`), as demucs's Demucs does."""
+        return super().load_state_dict(rename_pre_v3(state, self.depth), strict, assign)
+
+
+def rename_pre_v3(state: Mapping[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """demucs's `Demucs.load_state_dict` quirk (demucs/demucs.py, 4.1.0): pre-v3 checkpoints name
+    the rewrite conv `{encoder,decoder}.{i}.2.*` where v3 has `.3.`; rename when only the old
+    key is there."""
+    state = dict(state)
+    for idx in range(depth):
+        for part in ("encoder", "decoder"):
+            for name in ("bias", "weight"):
+                new, old = f"{part}.{idx}.3.{name}", f"{part}.{idx}.2.{name}"
+                if old in state and new not in state:
+                    state[new] = state.pop(old)
+    return state
 
 
 def _norm(norm: bool, groups: int, channels: int) -> nn.Module:
