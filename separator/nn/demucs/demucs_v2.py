@@ -64,6 +64,7 @@ class Demucs(nn.Module):
     upsampled x2 (`resample`), run through the U-Net, and brought back to t samples.
     """
 
+    # long function: the signature lists demucs's constructor arguments, one per line
     def __init__(
         self,
         sources: Sequence[str],

@@ -24,6 +24,7 @@ class HDemucs(HybridBase):
     MDX-era models that were trained with that bug.
     """
 
+    # long function: the signature lists demucs's constructor arguments, one per line
     def __init__(
         self,
         sources: Sequence[str],

@@ -30,6 +30,7 @@ class HTDemucs(HybridBase):
     input's length). The sparse-attention options need xformers and are refused.
     """
 
+    # long function: the signature lists demucs's constructor arguments, one per line
     def __init__(
         self,
         sources: Sequence[str],
