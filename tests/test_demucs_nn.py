@@ -70,7 +70,7 @@ def _one_thread():
 # --- golden cases --------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES)
 def test_golden_forward_from_state_dict(case):
-    from separator.demucs_package import read_package
+    from separator.zoo.demucs import read_package
 
     tensors, meta = reference_tensors(case)
     model = build(card_model(meta))  # the family's builder, from the card mapping
@@ -83,7 +83,7 @@ def test_golden_forward_from_state_dict(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden_forward_from_package(case):
-    from separator.demucs_package import load_package
+    from separator.zoo.demucs import load_package
 
     tensors, meta = reference_tensors(case)
     model = load_package(FIXTURES / f"{case}.th")
@@ -360,7 +360,7 @@ def test_bag_forward_equals_apply_model_without_split():
     """At a length every member runs as is (HDemucs: any; Demucs: a valid_length, else
     apply_model widens the chunk and the model's normalisation sees the widening), the bag's
     forward is what demucs's apply_model(split=False, shifts=0) computes for a bag."""
-    from separator.demucs_package import load_bag, read_package
+    from separator.zoo.demucs import load_bag, read_package
 
     ours = load_bag(FIXTURES / "bag_small.yaml")
     refs = []
@@ -460,5 +460,5 @@ def test_msst_type_inference_finds_htdemucs():
     assert infer_msst_family("htdemucs").name == "htdemucs"  # MSST's `model: htdemucs`
     assert infer_msst_family(MSST_YAML).name == "htdemucs"  # the whole YAML
     assert msst_match({"dim": 384, "depth": 6}) == 0
-    assert get_family("htdemucs").checkpoint_format == "state_dict"
+    assert get_family("htdemucs").checkpoint_format == "demucs"
     assert get_family("demucs").checkpoint_format == "demucs"

@@ -40,6 +40,9 @@ class Family:
         0 for "not this family", higher for a more specific match (a key only this family has
         scores above a generic shape). The type of a raw MSST YAML is inferred only when one
         family has the highest score.
+    pipeline: the reference's chunking pipeline where it is not the engine's overlap-add
+        (`separator.zoo.pipeline`: e.g. {engine: apply_model, overlap: 0.25, shifts: 1,
+        normalize: true} for demucs); a card's `pipeline:` overrides its keys. None: overlap-add.
     """
 
     name: str
@@ -48,6 +51,7 @@ class Family:
     from_msst: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     msst_match: Callable[[Mapping[str, Any]], int] | None = None
     description: str = ""
+    pipeline: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_format not in CHECKPOINT_FORMATS:

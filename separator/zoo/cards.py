@@ -10,6 +10,8 @@ recipes export:
     sample_rate: 44100
     chunk_size: 352800                   # samples per chunk the model was trained on
     weights: {file: x.safetensors, url: https://..., sha256: ..., size: 123}
+    # several files (a demucs bag): weights: {files: [{url, sha256 or sha256_prefix}, ...]}
+    pipeline: {engine: apply_model, shifts: 1}   # only where the reference's chunking differs
     license: MIT
     source: who trained it and where it is documented
     sdr: {benchmark: musdb18hq, vocals: 11.0}
@@ -30,6 +32,7 @@ from typing import Any
 from separator.errors import ConfigError
 from separator.files import atomic_write, check_name, plain, read_yaml, safe_name, sha256_file
 from separator.nn import get_family, infer_msst_family
+from separator.zoo.pipeline import PipelineSpec, resolve_pipeline
 
 ENSEMBLE_METHODS = ("avg", "median", "max_spec", "min_spec")
 
@@ -50,6 +53,7 @@ class ModelCard:
     sdr: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     training_data: list[str] = field(default_factory=list)  # sources and their licences
+    pipeline: dict[str, Any] = field(default_factory=dict)  # see separator.zoo.pipeline
     path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -68,15 +72,37 @@ class ModelCard:
                 raise ConfigError(f"`{key}:` must be a positive integer, got {value!r}")
         if not isinstance(self.weights, Mapping):
             raise ConfigError("`weights:` must be a mapping (file, url, sha256, size)")
+        files = self.weights.get("files")
+        if files is not None and not (
+            isinstance(files, list) and files and all(isinstance(f, Mapping) for f in files)
+        ):
+            raise ConfigError("`weights.files:` must be a list of {url/file, sha256, ...}")
+        resolve_pipeline(self.architecture, self.pipeline)
 
     @property
     def weights_path(self) -> Path | None:
         """Local weights file named by the card (relative to the card's folder), if any."""
-        name = self.weights.get("file")
+        return self.entry_path(self.weights)
+
+    @property
+    def weight_entries(self) -> list[dict[str, Any]]:
+        """One {file/url, sha256 or sha256_prefix, size} per weights file, in model order."""
+        if "files" in self.weights:
+            return [dict(f) for f in self.weights["files"]]
+        return [dict(self.weights)] if self.weights else []
+
+    def entry_path(self, entry: Mapping[str, Any]) -> Path | None:
+        """The local file a weights entry names (relative to the card's folder), if any."""
+        name = entry.get("file")
         if not name:
             return None
         p = Path(str(name))
         return p if p.is_absolute() or self.path is None else self.path.parent / p
+
+    @property
+    def spec(self) -> PipelineSpec:
+        """The pipeline the engine runs this model with (family default + `pipeline:`)."""
+        return resolve_pipeline(self.architecture, self.pipeline)
 
     @property
     def where(self) -> str:

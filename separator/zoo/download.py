@@ -51,26 +51,31 @@ def fetch(
     dest: Path | None = None,
     offline: bool | None = None,
     progress: bool = True,
+    sha256_prefix: str | None = None,
 ) -> Path:
     """Return the local path of the file at `url`, downloading and verifying it if needed.
 
     `sha256` is the published hash; None means "not published", in which case the hash of the
-    first download is pinned and later calls are checked against the pin.
+    first download is pinned and later calls are checked against the pin. `sha256_prefix`: the
+    leading hex digits that are published (demucs file names carry 8); every file must start
+    with them, and the pin then needs no warning.
     """
     _check_scheme(url)
+    prefix = _check_prefix(url, sha256_prefix)
     expected = _check_hash_arg(url, sha256) or pinned_sha256(url)
     dest = Path(dest) if dest is not None else cache_dir() / url_file_name(url)
     if dest.is_file():
         actual = sha256_file(dest)
-        if expected is None:
-            _pin(url, actual, dest)
+        if expected is None and actual.startswith(prefix):
+            _pin(url, actual, dest, quiet=bool(prefix))
             return dest
-        if actual == expected:
+        if actual == expected and actual.startswith(prefix):
             return dest
         # A cached file that no longer matches is corrupt or tampered: never load it.
         dest.unlink()
         warnings.warn(
-            f"{dest} did not match sha256 {expected} (got {actual}); downloading again",
+            f"{dest} did not match sha256 {expected or prefix + '...'} (got {actual}); "
+            "downloading again",
             stacklevel=2,
         )
     if _is_offline(offline):
@@ -80,14 +85,14 @@ def fetch(
     part = dest.with_name(dest.name + ".part")
     _download(url, part, dest, progress)
     actual = sha256_file(part)
-    if expected is None:
-        _pin(url, actual, dest)
-    elif actual != expected:
+    if not actual.startswith(prefix) or (expected is not None and actual != expected):
         part.unlink()
         raise SeparatorError(
-            f"{url}: sha256 mismatch: expected {expected}, got {actual}; the download was "
-            "deleted. Check the URL and hash in the model card"
+            f"{url}: sha256 mismatch: expected {expected or prefix + '...'}, got {actual}; the "
+            "download was deleted. Check the URL and hash in the model card"
         )
+    if expected is None:
+        _pin(url, actual, dest, quiet=bool(prefix))
     os.replace(part, dest)  # atomic: dest only ever holds a verified file
     return dest
 
@@ -192,6 +197,13 @@ def _check_hash_arg(url: str, sha256: str | None) -> str | None:
     return value
 
 
+def _check_prefix(url: str, prefix: str | None) -> str:
+    value = (prefix or "").strip().lower()
+    if prefix is not None and not re.fullmatch(r"[0-9a-f]{1,64}", value):
+        raise SeparatorError(f"{url}: sha256 prefix {prefix!r} is not hex; fix the model card")
+    return value
+
+
 def _pins_path() -> Path:
     return cache_dir() / "pins.json"
 
@@ -214,13 +226,15 @@ def pinned_sha256(url: str) -> str | None:
     return _load_pins().get(url)
 
 
-def _pin(url: str, sha256: str, dest: Path) -> None:
+def _pin(url: str, sha256: str, dest: Path, *, quiet: bool = False) -> None:
     """Record `sha256` for `url` so later uses are verified against it (trust on first use)."""
     pins = _load_pins()
     pins[url] = sha256
     path = _pins_path()
     # atomic, so a crash never leaves a half-written pins file
     atomic_write(path, json.dumps(pins, indent=2, sort_keys=True).encode())
+    if quiet:  # a published prefix was checked: nothing to warn about
+        return
     warnings.warn(
         f"{url}: no sha256 was published; pinned {sha256} for {dest.name} in {path}, "
         "later downloads must match it",

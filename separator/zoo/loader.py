@@ -27,11 +27,12 @@ from separator.files import check_name, read_yaml, sha256_file
 from separator.nn import get_family
 from separator.zoo.cards import Card, EnsembleCard, ModelCard, read_any_card, read_card
 from separator.zoo.catalog import all_cards
+from separator.zoo.demucs import card_from_bag, card_from_package, is_bag, load_demucs_card
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
 from separator.zoo.mismatch import mismatch_message
 
-CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors", ".th")
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -39,12 +40,14 @@ YAML_SUFFIXES = (".yaml", ".yml")
 def build_model(card: ModelCard) -> nn.Module:
     """Construct (untrained) the model a card describes, with its engine attributes set."""
     try:
-        return get_family(card.architecture).build(
+        module = get_family(card.architecture).build(
             dict(card.model),
             sample_rate=card.sample_rate,
             stems=card.stems,
             chunk_size=card.chunk_size,
         )
+        module.pipeline = card.spec
+        return module
     except ConfigError as e:
         raise ConfigError(f"{card.where}: {e}") from None
     except (TypeError, ValueError) as e:  # a value of the wrong type deep in a constructor
@@ -74,53 +77,87 @@ def load_card(
     Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
     `chunk_size` set.
     """
+    fmt = get_family(card.architecture).checkpoint_format
+    if fmt == "demucs":  # packages build their own members; bags have a file per member
+        paths = (
+            [Path(checkpoint)] if checkpoint is not None else weights_files(card, offline=offline)
+        )
+        model = load_demucs_card(card, paths)
+        model.pipeline = card.spec
+        return model.to(device).eval()
     path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
     model = build_model(card)
-    fmt = get_family(card.architecture).checkpoint_format
     load_weights(model, read_weights(path, fmt), source=path, config=card.path)
     return model.to(device).eval()
 
 
 # --- where a card's weights are ----------------------------------------------------------------
-def cached_path(card: ModelCard) -> Path | None:
-    """Where the card's weights are (or will be) on this machine; None if it names none."""
-    local = card.weights_path
+def cached_paths(card: ModelCard) -> list[Path | None]:
+    """Where each of the card's weights files is (or will be) on this machine."""
+    return [_entry_cache(card, entry) for entry in card.weight_entries]
+
+
+def _entry_cache(card: ModelCard, entry: Mapping[str, Any]) -> Path | None:
+    local = card.entry_path(entry)
     if local is not None:
         return local
-    url = card.weights.get("url")
-    if not url:
-        return None
-    return cache_dir() / card.name / url_file_name(url)
+    url = entry.get("url")
+    return cache_dir() / card.name / url_file_name(url) if url else None
+
+
+def cached_path(card: ModelCard) -> Path | None:
+    """Where the card's (one) weights file is on this machine; None if it names none."""
+    paths = cached_paths(card)
+    return paths[0] if len(paths) == 1 else None
 
 
 def is_cached(card: ModelCard) -> bool:
-    path = cached_path(card)
-    return path is not None and path.is_file()
+    paths = cached_paths(card)
+    return bool(paths) and all(p is not None and p.is_file() for p in paths)
 
 
 def weights_file(card: ModelCard, *, offline: bool | None = None, progress: bool = True) -> Path:
     """The card's weights as a verified local file, downloading them if needed.
 
     A local file is checked against the card's sha256 when the card gives one, whether the card
-    was found by name or given by path.
+    was found by name or given by path. Cards with several files: `weights_files`.
     """
-    local = card.weights_path
+    if "files" in card.weights:
+        raise SeparatorError(f"{card.where}: the card has several weights files")
+    return weights_files(card, offline=offline, progress=progress)[0]
+
+
+def weights_files(
+    card: ModelCard, *, offline: bool | None = None, progress: bool = True
+) -> list[Path]:
+    """Every weights file of the card, verified (sha256, or the sha256 prefix that demucs file
+    names carry), downloaded where needed."""
+    entries = card.weight_entries
+    if not entries:
+        raise SeparatorError(f"{card.where}: the card names no weights file or URL")
+    return [_entry_file(card, e, offline, progress) for e in entries]
+
+
+def _entry_file(card: ModelCard, entry: Mapping[str, Any], offline, progress) -> Path:
+    sha, prefix = entry.get("sha256"), entry.get("sha256_prefix")
+    local = card.entry_path(entry)
     if local is not None:
         if not local.is_file():
             raise SeparatorError(f"{card.where}: weights file {local} is missing")
-        sha = card.weights.get("sha256")
-        if sha and sha256_file(local) != str(sha).strip().lower():
+        actual = sha256_file(local) if sha or prefix else ""
+        if (sha and actual != str(sha).strip().lower()) or (
+            prefix and not actual.startswith(str(prefix).strip().lower())
+        ):
             raise SeparatorError(
-                f"{card.where}: {local} does not match the card's sha256 {sha} (corrupt or "
-                "replaced); restore the file or fix the card's `weights.sha256`"
+                f"{card.where}: {local} does not match the card's sha256 {sha or prefix} "
+                "(corrupt or replaced); restore the file or fix the card's `weights`"
             )
         return local
-    url = card.weights.get("url")
+    url = entry.get("url")
     if not url:
-        raise SeparatorError(f"{card.where}: the card names no weights file or URL")
-    return fetch(
-        url, card.weights.get("sha256"), dest=cached_path(card), offline=offline, progress=progress
-    )
+        raise SeparatorError(f"{card.where}: a weights entry names no file or URL")
+    dest = _entry_cache(card, entry)
+    return fetch(url, sha, dest=dest, offline=offline, progress=progress, sha256_prefix=prefix)
 
 
 # --- names and paths -> cards --------------------------------------------------------------------
@@ -140,6 +177,10 @@ def resolve(
     if isinstance(model, Mapping):
         return read_any_card(model, model_type=model_type), _optional_path(checkpoint)
     target = Path(model)
+    if target.suffix == ".th" and checkpoint is None:  # a demucs package brings its own card
+        if not target.is_file():
+            raise SeparatorError(f"{target}: no such model file")
+        return card_from_package(target), None
     if target.suffix in CHECKPOINT_SUFFIXES:
         if not target.exists():
             raise SeparatorError(f"{target}: no such model file")
@@ -154,6 +195,8 @@ def resolve(
         target = _card_in_folder(target)
     if checkpoint is not None and Path(checkpoint).suffix in YAML_SUFFIXES:
         raise SeparatorError(f"{target}: a .yaml model is its own config; drop `config`")
+    if checkpoint is None and is_bag(read_yaml(target)):  # demucs's bag of models
+        return card_from_bag(target), None
     return read_any_card(target, model_type=model_type), _optional_path(checkpoint)
 
 

@@ -9,13 +9,16 @@ and `MSST_FAMILY` ("htdemucs", MSST-trained state dicts) are their registry reco
 
 from separator.nn.demucs.demucs_v2 import Demucs
 from separator.nn.demucs.family import (
+    DEMUCS_PIPELINE,
     FAMILIES,
     FAMILY,
     KLASSES,
     MSST_FAMILY,
     DemucsBag,
+    apply_length,
     build,
     build_model,
+    chunk_length,
     from_msst,
     klass_name,
     make_model,
@@ -27,6 +30,7 @@ from separator.nn.demucs.hdemucs import HDemucs
 from separator.nn.demucs.htdemucs import HTDemucs
 
 __all__ = [
+    "DEMUCS_PIPELINE",
     "FAMILIES",
     "FAMILY",
     "KLASSES",
@@ -35,8 +39,10 @@ __all__ = [
     "DemucsBag",
     "HDemucs",
     "HTDemucs",
+    "apply_length",
     "build",
     "build_model",
+    "chunk_length",
     "from_msst",
     "klass_name",
     "make_model",

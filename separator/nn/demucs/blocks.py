@@ -3,7 +3,7 @@ windowed BiLSTM and local attention), and small padding/trimming helpers.
 
 Parameter names and registration order follow demucs 4.1.0 (`demucs/demucs.py`,
 `demucs/transformer.py`), so state dicts load with `strict=True` and list their keys in the same
-order (the DiffQ decoder in `separator.demucs_package` relies on that order).
+order (the DiffQ decoder in `separator.zoo.diffq` relies on that order).
 
 Axis legend: b batch, c channels, t time steps (samples or STFT frames), w window length.
 """

@@ -212,10 +212,24 @@ def build_model(model: Mapping[str, Any]) -> DemucsModel | DemucsBag:
     return make_model(str(model.get("klass")), kwargs, model.get("args") or ())
 
 
-def _chunk(module: nn.Module) -> int:
+def chunk_length(module: nn.Module) -> int:
+    """The training length of a model, or for a bag its shortest member's."""
     if isinstance(module, DemucsBag):
         return min(training_length(m) for m in module.models)
     return training_length(module)
+
+
+def apply_length(model: nn.Module, length: int, segment: Any = None) -> int:
+    """The length demucs's `apply_model` runs a chunk of `length` samples at (demucs 4.1.0,
+    demucs/apply.py, the `split=False` branch): with an explicit `segment`, an HTDemucs runs at
+    int(segment · samplerate) (its forward then pads to its training length); otherwise a model
+    with `valid_length` (HTDemucs, Demucs) at valid_length(length), and an HDemucs as is. The
+    chunk is widened to that length with the samples around it, centred."""
+    if isinstance(model, HTDemucs) and segment is not None:
+        return int(segment * model.samplerate)
+    if isinstance(model, (HTDemucs, Demucs)):
+        return model.valid_length(length)
+    return length
 
 
 def build(
@@ -239,7 +253,7 @@ def build(
         raise ConfigError(
             f"sample_rate {sample_rate} differs from the model's samplerate {module.samplerate}"
         )
-    chunk = _chunk(module)
+    chunk = chunk_length(module)
     if chunk_size and chunk_size != chunk:
         raise ConfigError(
             f"chunk_size {chunk_size} differs from the model's training length "
@@ -321,17 +335,30 @@ def msst_match(model: Any) -> int:
     return 2 if {"dconv_mode", "nfft"} <= set(model) else 0
 
 
+# demucs's own pipeline: `demucs.api.Separator` (the CLI) runs apply_model with these defaults
+# and normalises the mixture (demucs 4.1.0, demucs/api.py and demucs/apply.py).
+DEMUCS_PIPELINE = {
+    "engine": "apply_model",
+    "overlap": 0.25,
+    "transition_power": 1.0,
+    "shifts": 1,
+    "normalize": True,
+}
 FAMILY = Family(
     name="demucs",
     build=build,
     checkpoint_format="demucs",
     from_msst=from_msst,
     description="Demucs v2/v3/v4 (demucs .th packages and bags of models)",
+    pipeline=DEMUCS_PIPELINE,
 )
+# MSST runs its HTDemucs with its own chunking (models/demucs4ht.py, utils demix), not
+# apply_model: the engine's overlap-add. Its weights may be plain state dicts or demucs packages
+# (MSST loads official `.th` files directly), both read by the "demucs" format.
 MSST_FAMILY = Family(
     name="htdemucs",
     build=build,
-    checkpoint_format="state_dict",
+    checkpoint_format="demucs",
     from_msst=from_msst,
     msst_match=msst_match,
     description="Hybrid Transformer Demucs trained with MSST (plain state dicts)",

@@ -1,25 +1,28 @@
-"""Reading demucs `.th` packages, bag YAMLs and MSST-trained HTDemucs checkpoints, safely.
+"""The "demucs" checkpoint format: `.th` packages, bag YAMLs and HTDemucs state dicts, read safely.
 
 A demucs package is a `torch.save` dict {klass, args, kwargs, state, training_args, metrics}
 whose `klass` is a pickled reference to the model class (and whose HTDemucs `segment` is a
-`fractions.Fraction`). It is read with `torch.load(weights_only=True)` and an allow-list that
-maps the three demucs class names (and, for DiffQ packages, the two quantizer class names) to
-inert stand-ins defined here, plus `fractions.Fraction`. Nothing in a checkpoint is imported or
-executed: any other global is refused by torch's weights-only unpickler.
+`fractions.Fraction`). It is read with `torch.load(weights_only=True)` (`formats.torch_load`)
+and an allow-list that maps the three demucs class names (and, for DiffQ packages, the two
+quantizer class names) to inert stand-ins defined here, plus `fractions.Fraction`. Nothing in a
+checkpoint is imported or executed: any other global is refused by torch's weights-only
+unpickler.
 
 Bags (`<name>.yaml`: models, weights, segment) find their members in a folder by signature,
 with demucs's `LocalRepo` rule: a file `<sig>-<hex>.th` is split at its last `-`, and the hex
 must prefix the file's sha256.
 
-Errors are `CheckpointError` (or `ConfigError` for bad configs), one line naming the file.
+The loader's routes (`zoo.loader`): a `.th` alone (`card_from_package`), a bag YAML
+(`card_from_bag`), and cards whose family reads this format (`load_demucs_card`). Errors are
+`CheckpointError` (or `ConfigError` for bad configs), one line naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -30,8 +33,13 @@ import yaml
 from torch import Tensor, nn
 
 from separator.errors import CheckpointError, ConfigError
+from separator.files import safe_name
 from separator.nn import demucs as demucs_nn
+from separator.nn import get_family
 from separator.nn.demucs.demucs_v2 import rename_pre_v3
+from separator.zoo.cards import ModelCard
+from separator.zoo.diffq import restore_quantized
+from separator.zoo.formats import READERS, torch_load
 
 
 class _HTDemucsRef:
@@ -60,7 +68,7 @@ _KLASS_REFS: dict[type, str] = {
     _DemucsRef: "demucs",
 }
 _QUANTIZER_REFS: dict[type, str] = {_DiffQuantizerRef: "diffq", _UniformQuantizerRef: "uniform"}
-_ALLOWED = [
+ALLOWED = [
     (_HTDemucsRef, "demucs.htdemucs.HTDemucs"),
     (_HDemucsRef, "demucs.hdemucs.HDemucs"),
     (_DemucsRef, "demucs.demucs.Demucs"),
@@ -69,6 +77,7 @@ _ALLOWED = [
     Fraction,
 ]
 _STATE_KEYS = ("state", "state_dict", "model_state_dict")
+_CHECKSUM = re.compile(r"[0-9a-fA-F]{1,64}")
 
 
 @dataclass
@@ -89,8 +98,9 @@ class DemucsPackage:
 
     @property
     def model(self) -> dict[str, Any]:
-        """The card `model:` mapping {klass, kwargs} for this package."""
-        return {"klass": self.klass, "kwargs": dict(self.kwargs)}
+        """The card `model:` mapping {klass, kwargs} (and `args` if any) for this package."""
+        out = {"klass": self.klass, "kwargs": dict(self.kwargs)}
+        return dict(out, args=list(self.args)) if self.args else out
 
 
 # --- the safe unpickler -------------------------------------------------------------------------
@@ -99,19 +109,11 @@ def safe_load(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals(_ALLOWED):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"references {found.group(1)}, which" if found else "needs Python objects that"
-        raise CheckpointError(
-            f"{path}: refused: the checkpoint {what} is not a demucs model class or plain data; "
-            "nothing from it was imported or run"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    return torch_load(path, ALLOWED)
+
+
+def _is_package(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and {"klass", "kwargs", "state"} <= set(obj)
 
 
 def _float_state(state: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
@@ -127,14 +129,15 @@ def _float_state(state: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
 
 
 # --- packages -----------------------------------------------------------------------------------
-def read_package(path: str | Path) -> DemucsPackage:
+def read_package(path: str | Path, obj: Any = None) -> DemucsPackage:
     """Read a demucs `.th` package: its class, constructor arguments, float32 state, extras.
 
-    A DiffQ-quantized state is decoded onto a freshly built model (see the DiffQ section).
+    A DiffQ-quantized state is decoded onto a freshly built model (`zoo.diffq`); pre-v3 key
+    names of time-domain Demucs states are renamed. `obj`: the file's already unpickled content.
     """
     path = Path(path)
-    pkg = safe_load(path)
-    if not isinstance(pkg, Mapping) or not {"klass", "kwargs", "state"} <= set(pkg):
+    pkg = safe_load(path) if obj is None else obj
+    if not _is_package(pkg):
         raise CheckpointError(f"{path}: not a demucs package (expected klass, kwargs and state)")
     klass = _KLASS_REFS.get(pkg["klass"]) if isinstance(pkg["klass"], type) else None
     if klass is None:
@@ -146,7 +149,10 @@ def read_package(path: str | Path) -> DemucsPackage:
     state = pkg["state"]
     if isinstance(state, Mapping) and state.get("__quantized"):
         state = _dequantize(path, klass, tuple(args), dict(kwargs), state)
-    return DemucsPackage(path, klass, tuple(args), dict(kwargs), _float_state(state, path), extras)
+    state = _float_state(state, path)
+    if klass == "demucs":
+        state = rename_pre_v3(state, int(kwargs.get("depth", 6)))
+    return DemucsPackage(path, klass, tuple(args), dict(kwargs), state, extras)
 
 
 def _build(path: Path, model: Mapping[str, Any]) -> nn.Module:
@@ -164,7 +170,7 @@ def _dequantize(path: Path, klass: str, args: tuple, kwargs: dict, state: Mappin
         raise CheckpointError(f"{path}: quantized state without a known diffq quantizer class")
     model = _build(path, {"klass": klass, "kwargs": kwargs, "args": args})
     try:
-        _restore_quantized(model, state, kind)
+        restore_quantized(model, state, kind)
     except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(
             f"{path}: cannot decode the quantized (DiffQ) state ({_first(e)})"
@@ -202,10 +208,7 @@ def _first(e: BaseException) -> str:
 def load_package(path: str | Path) -> nn.Module:
     """Build the package's model (engine attributes set) and load its weights strictly."""
     pkg = read_package(path)
-    model = {"klass": pkg.klass, "kwargs": pkg.kwargs}
-    if pkg.args:
-        model["args"] = list(pkg.args)
-    return load_strict(_build(pkg.path, model), pkg.state, pkg.path)
+    return load_strict(_build(pkg.path, pkg.model), pkg.state, pkg.path)
 
 
 # --- bags of models -----------------------------------------------------------------------------
@@ -217,6 +220,7 @@ class BagSpec:
     members: list[Path]
     weights: list[list[float]] | None
     segment: Any
+    checksums: list[str | None] = field(default_factory=list)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -226,6 +230,21 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: no such bag file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a valid YAML file ({_first(e)})") from None
+
+
+def is_bag(data: Any) -> bool:
+    """A demucs bag YAML: `models:` (a list of signatures) plus optional weights/segment."""
+    return (
+        isinstance(data, Mapping)
+        and isinstance(data.get("models"), list)
+        and set(data) <= {"models", "weights", "segment"}
+    )
+
+
+def name_checksum(file: Path) -> str | None:
+    """The sha256 prefix a demucs file name carries: the hex after the stem's last `-`."""
+    sig, _, tail = file.stem.rpartition("-")
+    return tail.lower() if sig and _CHECKSUM.fullmatch(tail) else None
 
 
 def local_repo(folder: str | Path) -> dict[str, tuple[Path, str | None]]:
@@ -260,7 +279,7 @@ def verify_checksum(path: Path, checksum: str) -> None:
         )
 
 
-def read_bag(path: str | Path, folder: str | Path | None = None) -> BagSpec:
+def read_bag(path: str | Path, folder: str | Path | None = None, *, verify: bool = True) -> BagSpec:
     """Read `<name>.yaml` (models: [signatures], weights: [[...]], segment: seconds) and find
     each member in `folder` (default: the YAML's folder), checking its sha256 prefix."""
     path = Path(path)
@@ -270,34 +289,29 @@ def read_bag(path: str | Path, folder: str | Path | None = None) -> BagSpec:
     extra = set(data) - {"models", "weights", "segment"}
     if extra:
         raise ConfigError(f"{path}: unknown key(s) {sorted(extra)} (models, weights, segment)")
-    repo = local_repo(folder if folder is not None else path.parent)
-    members = []
+    where = folder if folder is not None else path.parent
+    repo = local_repo(where)
+    members, checksums = [], []
     for sig in data["models"]:
         if str(sig) not in repo:
-            raise CheckpointError(
-                f"{path}: no package for signature {sig!r} in "
-                f"{folder if folder is not None else path.parent}"
-            )
+            raise CheckpointError(f"{path}: no package for signature {sig!r} in {where}")
         file, checksum = repo[str(sig)]
-        if checksum is not None:
+        if checksum is not None and verify:
             verify_checksum(file, checksum)
         members.append(file)
+        checksums.append(checksum)
     segment = data.get("segment")
     if segment is not None:
         segment = demucs_nn.parse_segment(segment, f"{path}: segment")
-    return BagSpec(path, members, data.get("weights"), segment)
+    return BagSpec(path, members, data.get("weights"), segment, checksums)
 
 
 def load_bag(path: str | Path, folder: str | Path | None = None) -> nn.Module:
     """A `DemucsBag` (members strictly loaded, engine attributes set) from a bag YAML."""
     spec = read_bag(path, folder)
     packages = [read_package(file) for file in spec.members]
-    model = {
-        "models": [{"klass": p.klass, "kwargs": p.kwargs, "args": list(p.args)} for p in packages],
-        "weights": spec.weights,
-        "segment": spec.segment,
-    }
-    bag = _build(spec.path, model)
+    model = {"models": [p.model for p in packages], "weights": spec.weights}
+    bag = _build(spec.path, dict(model, segment=spec.segment))
     for member, pkg in zip(bag.models, packages):
         load_strict(member, pkg.state, pkg.path)
     return bag.eval()
@@ -305,11 +319,13 @@ def load_bag(path: str | Path, folder: str | Path | None = None) -> nn.Module:
 
 # --- MSST-trained HTDemucs ------------------------------------------------------------------
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The float32 state dict of an MSST checkpoint: a plain state dict, or one under `state`
-    (an official demucs package, which MSST loads directly), `state_dict` or
+    """The float32 state dict of a checkpoint: a plain state dict, or one under `state` (an
+    official demucs package, which MSST loads directly; DiffQ states decoded), `state_dict` or
     `model_state_dict` (next to optimiser state); a DDP `module.` prefix is removed."""
     path = Path(path)
     obj = safe_load(path)
+    if _is_package(obj) and isinstance(obj["klass"], type):
+        return read_package(path, obj).state
     for _ in range(2):  # wrappers can nest once ({"state": {"state_dict": ...}})
         if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
             inner = next((obj[k] for k in _STATE_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -341,116 +357,112 @@ def load_msst(config: Mapping[str, Any], checkpoint: str | Path) -> nn.Module:
     return load_strict(module, read_state_dict(path), path)
 
 
-# --- DiffQ (mdx_q, mdx_extra_q) -------------------------------------------------------------
-# Decodes the quantized states of diffq 0.2.4 (PyPI) without the diffq package, from its
-# documented format: `base.BaseQuantizer` selects the parameters (walking `named_modules()`,
-# each module's own parameters in order: those with more than min_size MB are quantized, the
-# others kept as float16 or float32 lists), `get_quantized_state` stores them in that order, and
-# the levels are bit-packed (Cython `bitpack`: int64 blocks of 64 values x 32 lanes, or the
-# `torch_pack` layout). Our modules list parameters in demucs's order (tested), which is what
-# makes the selection line up. Defaults are those of the quantizer constructors, which demucs
-# called as DiffQuantizer(model, min_size, group_size) and UniformQuantizer(model, bits, min_size).
-_QUANTIZER_DEFAULTS = {
-    "diffq": {
-        "min_size": 0.01,
-        "float16": False,
-        "group_size": 1,
-        "min_bits": 2,
-        "exclude": [],
-        "detect_bound": True,
-    },
-    "uniform": {
-        "bits": 8.0,
-        "min_size": 0.01,
-        "float16": False,
-        "exclude": [],
-        "detect_bound": True,
-    },
-}
+# --- cards ----------------------------------------------------------------------------------
+def _card(name: str, model: Mapping[str, Any], weights: dict, source: str) -> ModelCard:
+    with torch.device("meta"):  # for the stems and training length; no weights are made
+        module = demucs_nn.build(model)
+    return ModelCard(
+        name=safe_name(name),
+        architecture=demucs_nn.FAMILY.name,
+        model=dict(model),
+        stems=tuple(module.stems),
+        sample_rate=module.sample_rate,
+        chunk_size=module.chunk_size,
+        weights=weights,
+        source=source,
+    )
 
 
-def _select_params(model: nn.Module, opts: Mapping[str, Any]) -> tuple[list, list, list]:
-    """(quantized, float16, others) parameter lists in diffq's order (shared ones once)."""
-    from fnmatch import fnmatch
-
-    min_params = opts["min_size"] * 2**20 // 4
-    quantized, small, seen = [], [], set()
-    for module_name, module in model.named_modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            full = f"{module_name}.{name}"
-            excluded = any(fnmatch(full, p) or fnmatch(name, p) for p in opts["exclude"])
-            if id(param) in seen and opts["detect_bound"]:
-                continue
-            seen.add(id(param))
-            (small if param.numel() <= min_params or excluded else quantized).append(param)
-    return (quantized, small, []) if opts["float16"] else (quantized, [], small)
+def _file_entry(file: Path, checksum: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file": str(file.resolve())}
+    return dict(entry, sha256_prefix=checksum) if checksum else entry
 
 
-def _unpack_bitpack(packed: Tensor, length: int) -> Tensor:
-    """diffq's Cython `bitpack.unpack`: (lines, nbits, 32) int64 -> (length,) int64 values.
-
-    Value i of line l sits at bit (i // 32) of word [l, b, i % 32] for each value bit b."""
-    lines, nbits, lanes = packed.shape
-    shifts = torch.arange(64, dtype=torch.int64).view(1, 64, 1)
-    out = torch.zeros(lines, 64, lanes, dtype=torch.int64)
-    for bit in range(nbits):  # <= 15 value bits, each a vectorised pass
-        out |= ((packed[:, bit].unsqueeze(1) >> shifts) & 1) << bit
-    return out.reshape(-1)[:length]
-
-
-def _unpack_torch(packed: Tensor, length: int) -> Tensor:
-    """diffq's `torch_pack.unpack`: (nbits, groups) words -> (length,) int64 values."""
-    nbits, groups = packed.shape
-    storage = packed.element_size() * 8
-    shifts = torch.arange(storage, dtype=torch.int64).view(storage, 1)
-    words = packed.to(torch.int64)
-    out = torch.zeros(storage, groups, dtype=torch.int64)
-    for bit in range(nbits):
-        out |= ((words[bit].unsqueeze(0) >> shifts) & 1) << bit
-    return out.reshape(-1)[:length]
+def card_from_package(path: str | Path) -> ModelCard:
+    """The card of a `.th` package given alone: its own class and kwargs, the demucs pipeline,
+    and the sha256 prefix its name carries (`<sig>-<hex>.th`), checked when it is loaded."""
+    path = Path(path)
+    pkg = read_package(path)
+    where = f"{path}: "
+    try:
+        return _card(path.stem, pkg.model, _file_entry(path, name_checksum(path)), path.name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
 
 
-def _levels(param: Tensor, quantized: Any, kind: str, opts: Mapping, unpack) -> tuple:
-    """(levels, (min, max), bits) of one quantized parameter, unpacked as diffq does."""
-    if kind == "uniform":
-        packed, scales = quantized
-        levels = unpack(packed, param.numel()).view_as(param) if unpack else packed
-        return levels, scales, torch.tensor(opts["bits"])
-    if not opts["group_size"]:
-        raise ValueError("group_size 0 states cannot be restored by diffq 0.2.4 either")
-    packed_levels, scales, packed_bits = quantized
-    if unpack is None:  # stored unpacked
-        return packed_levels, scales, packed_bits.view(-1, 1)
-    groups = param.numel() // opts["group_size"]
-    bits = unpack(packed_bits, groups) + opts["min_bits"]
-    levels = torch.zeros(groups, opts["group_size"], dtype=torch.int64)
-    for index, packed in enumerate(packed_levels):  # one entry per bit width 1..14
-        rows = bits == index + 1
-        if packed is not None:
-            levels[rows] = unpack(packed, int(rows.sum()) * opts["group_size"]).view(
-                -1, opts["group_size"]
-            )
-    return levels, scales, bits.view(-1, 1)
+def card_from_bag(path: str | Path) -> ModelCard:
+    """The card of a demucs bag YAML, its members found beside it (prefixes checked at load)."""
+    spec = read_bag(path, verify=False)
+    models = [read_package(file).model for file in spec.members]
+    model = {"models": models, "weights": spec.weights, "segment": spec.segment}
+    files = [_file_entry(f, c) for f, c in zip(spec.members, spec.checksums)]
+    try:
+        return _card(spec.path.stem, model, {"files": files}, spec.path.name)
+    except ConfigError as e:
+        raise ConfigError(f"{spec.path}: {e}") from None
 
 
-def _restore_quantized(model: nn.Module, state: Mapping[str, Any], kind: str) -> None:
-    """Write the float weights of a diffq quantized state into `model`'s parameters."""
-    meta = state["meta"]
-    opts = dict(_QUANTIZER_DEFAULTS[kind], **dict(meta.get("init_kwargs") or {}))
-    quantized, half, others = _select_params(model, opts)
-    lists = (state["quantized"], state["float16"], state["others"])
-    if [len(x) for x in lists] != [len(quantized), len(half), len(others)]:
-        raise ValueError(
-            f"{len(lists[0])}/{len(lists[1])}/{len(lists[2])} quantized/float16/other tensors "
-            f"for a model with {len(quantized)}/{len(half)}/{len(others)}"
+def load_demucs_card(card: ModelCard, files: Sequence[Path]) -> nn.Module:
+    """The module of a card whose family reads "demucs" weights, one file per member.
+
+    For `architecture: demucs` a member file that is a package builds its member from the
+    package's own class and kwargs, as demucs does (a card value that differs is named in a
+    warning); MSST-style cards (`htdemucs`) build from the card, as MSST does. Plain state dicts
+    always take the card's member. Returns the module in eval mode with the engine attributes.
+    """
+    spec = dict(card.model)
+    members = list(spec["models"]) if "models" in spec else [spec]
+    if len(files) != len(members):
+        raise ConfigError(f"{card.where}: {len(files)} weights files for {len(members)} models")
+    states = []
+    for k, file in enumerate(files):
+        obj = safe_load(file)
+        if _is_package(obj) and isinstance(obj["klass"], type):
+            pkg = read_package(file, obj)
+            if card.architecture == demucs_nn.FAMILY.name:
+                members[k] = _package_member(card, members[k], pkg)
+            states.append(pkg.state)
+        else:
+            states.append(read_state_dict(file))
+    model = dict(spec, models=members) if "models" in spec else members[0]
+    try:
+        build = get_family(card.architecture).build
+        module = build(model, sample_rate=card.sample_rate, stems=card.stems)
+    except ConfigError as e:
+        raise ConfigError(f"{card.where}: {e}") from None
+    targets = list(module.models) if "models" in spec else [module]
+    for target, state, file in zip(targets, states, files):
+        load_strict(target, state, file)
+    return module.eval()
+
+
+def _package_member(card: ModelCard, member: Mapping, pkg: DemucsPackage) -> dict:
+    """The package's own member; its class must be the card's, other differences are named."""
+    if member.get("klass") != pkg.klass:
+        raise CheckpointError(
+            f"{pkg.path}: holds a {pkg.klass} model, the card {card.where} says "
+            f"{member.get('klass')}"
         )
-    unpack = None
-    if meta.get("packed", False):
-        unpack = _unpack_torch if meta.get("torch_pack", False) else _unpack_bitpack
-    with torch.no_grad():
-        for param, value in zip(half + others, [*state["float16"], *state["others"]]):
-            param.copy_(value.view_as(param))
-        for param, value in zip(quantized, state["quantized"]):
-            levels, (low, high), bits = _levels(param, value, kind, opts, unpack)
-            unit = 1 / (2 ** bits.float() - 1)  # diffq's uniform_unquantize, same operations
-            param.copy_((levels.float() * unit * (high - low) + low).view_as(param))
+    ours = dict(member.get("kwargs") or {})
+    differ = sorted(k for k, v in pkg.kwargs.items() if k in ours and not _same(ours[k], v))
+    if differ:
+        warnings.warn(
+            f"{pkg.path.name}: the package's {', '.join(differ)} differ from the card "
+            f"{card.where}; using the package's, as demucs does",
+            stacklevel=3,
+        )
+    return pkg.model
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return a == b or demucs_nn.parse_segment(a) == demucs_nn.parse_segment(b)
+    except (ConfigError, TypeError):
+        return False
+
+
+# The state dict of any demucs-format file (what `formats.read_weights` hands out); registered
+# here because formats cannot import this module (it imports formats).
+READERS["demucs"] = read_state_dict
