@@ -63,6 +63,8 @@ ARGUMENT_FLAGS = {
     "clip_level": "--clip-mode",
     "preset": "--mp3-preset",
     "residual": "--other-method",
+    "shifts": "--shifts",
+    "segment": "--segment",
 }
 
 

@@ -23,7 +23,7 @@ from separator.cli.options import (
     stem_request,
 )
 from separator.errors import SeparatorError
-from separator.inference.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
+from separator.inference.engine import DEFAULT_BATCH_SIZE
 from separator.inference.writers import DEFAULT_BITS
 
 Opt = typer.Option
@@ -70,7 +70,10 @@ def separate_cmd(
         str | None, Opt(help="one gain per track so the loudest stem peaks here: 0.99 or -1dB")
     ] = None,
     clip: Annotated[str | None, Opt(help="rescale (if peak > 1), clamp or none [rescale]")] = None,
-    overlap: Annotated[float, Opt(help="model evaluations per sample (>= 1)")] = DEFAULT_OVERLAP,
+    overlap: Annotated[
+        float | None,
+        Opt(help="model evaluations per sample (>= 1) [2]; demucs models: also 0.25-style"),
+    ] = None,
     chunk_seconds: Annotated[
         float | None, Opt(help="chunk length in seconds [the model's]")
     ] = None,
@@ -106,6 +109,12 @@ def separate_cmd(
     mp3_preset: Annotated[
         int | None, Opt(help="demucs: LAME quality 2 (best) .. 7 (fastest); needs ffmpeg")
     ] = None,
+    shifts: Annotated[
+        int | None, Opt(help="demucs: random time shifts averaged [the card's: 1 for demucs]")
+    ] = None,
+    segment: Annotated[
+        float | None, Opt(help="demucs: segment length in seconds [the model's]")
+    ] = None,
 ) -> None:
     """Separate each INPUT into stems, streaming (memory does not grow with track length)."""
     from separator.cli.run import run_batch
@@ -125,7 +134,8 @@ def separate_cmd(
                    force=force)  # fmt: skip
     loading = dict(model=model, config=config, method=ensemble, weights=weights, offline=offline,
                    model_type=model_type, device=device, overlap=overlap, batch_size=batch_size,
-                   precision=precision, tta=tta, compile=compile)  # fmt: skip
+                   precision=precision, tta=tta, compile=compile, shifts=shifts,
+                   segment=segment)  # fmt: skip
     code = run_batch(
         inputs, loading, options, label=model_label(model, config), chunk_seconds=chunk_seconds,
         jobs=jobs, recursive=recursive, json_out=json_out, manifest=manifest, quiet=quiet,

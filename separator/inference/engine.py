@@ -281,21 +281,34 @@ def separate_tensor(
     model: nn.Module,
     mix: Tensor,
     *,
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     chunk_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
+    **apply_settings,
 ) -> Tensor:
     """Separate a whole (channels, time) float tensor at the model's rate.
 
     Returns (stems, channels, time) float32 on the CPU. Same code path as streaming: the whole
-    tensor is pushed as a single block.
+    tensor is pushed as a single block. A model with demucs's pipeline (`model.pipeline`) runs
+    in the apply_model engine and equals demucs's `apply_model` (`apply_settings`: shifts,
+    segment, offsets, seed; see `inference.apply_model.apply_engine`).
     """
     if mix.dim() != 2:
         raise SeparatorError(f"expected a (channels, time) tensor, got shape {tuple(mix.shape)}")
+    spec = getattr(model, "pipeline", None)
+    if spec is not None and spec.apply_model:
+        from separator.inference.apply_model import apply_engine
+
+        engine = apply_engine(model, spec, overlap=overlap, chunk_size=chunk_size,
+                              batch_size=batch_size, autocast_dtype=autocast_dtype,
+                              **apply_settings)  # fmt: skip
+        return torch.cat([engine.push(mix), engine.flush()], dim=-1)
+    if apply_settings:
+        raise SeparatorError(f"{', '.join(apply_settings)}: only for the apply_model pipeline")
     engine = StreamingEngine(
         model,
-        overlap=overlap,
+        overlap=overlap if overlap is not None else DEFAULT_OVERLAP,
         batch_size=batch_size,
         chunk_size=chunk_size,
         autocast_dtype=autocast_dtype,

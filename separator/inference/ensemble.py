@@ -70,14 +70,16 @@ class Ensemble(SeparatorBase):
     def stems(self) -> tuple[str, ...]:
         return tuple(self._stems)
 
-    def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
-        return _EnsemblePipeline(self, in_rate, in_channels, plans, where)
+    def _pipeline(self, in_rate, in_channels, plans, where, rewind=None):
+        return _EnsemblePipeline(self, in_rate, in_channels, plans, where, rewind)
 
 
 class _EnsemblePipeline(PipelineBase):
     """Same interface as `ModelPipeline`: push blocks of mixture, get finished stems."""
 
-    def __init__(self, ens: Ensemble, in_rate: int, in_channels: int, plans, where: str) -> None:
+    def __init__(
+        self, ens: Ensemble, in_rate: int, in_channels: int, plans, where: str, rewind=None
+    ) -> None:
         super().__init__(plans, in_channels)
         self.ens = ens
         names = [ens.stems[i] for i in self.needed]
@@ -87,7 +89,7 @@ class _EnsemblePipeline(PipelineBase):
             if mine:
                 member_plans = [StemPlan(s, index=m.stems.index(s)) for s in mine]
                 self.members.append(
-                    (i, m._pipeline(in_rate, in_channels, member_plans, where), mine)
+                    (i, m._pipeline(in_rate, in_channels, member_plans, where, rewind), mine)
                 )
         # finished member output not yet matched by every other member
         self.buffers = [{s: deque() for s in mine} for _, _, mine in self.members]

@@ -12,7 +12,7 @@ with track length. Outputs keep the input's sample rate, channel count and exact
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from separator.errors import SeparatorError
+from separator.inference.apply_model import apply_engine
 from separator.inference.audio import open_audio
 from separator.inference.cancel import Cancel
 from separator.inference.engine import (
@@ -29,12 +30,15 @@ from separator.inference.engine import (
     TTAModel,
     check_model,
 )
+from separator.inference.mixture_norm import MixtureStats, NormalizedEngine, mixture_stats
 from separator.inference.outputs import TrackOutputs
 from separator.inference.pipeline import ModelPipeline, Progress
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
 from separator.inference.writers import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT, OutputSpec
+from separator.zoo.pipeline import PipelineSpec
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
+Rewind = Callable[[], Iterator[np.ndarray]]  # the input's blocks, read again from the start
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -73,7 +77,15 @@ class SeparatorBase:
         """Every name `stems=` accepts: model stems, `instrumental`, `no_<stem>`."""
         return available_stems(self.stems)
 
-    def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
+    def _pipeline(
+        self,
+        in_rate: int,
+        in_channels: int,
+        plans: list[StemPlan],
+        where: str,
+        rewind: Rewind | None = None,
+    ):
+        """A pipeline for one input; `rewind()` gives its blocks afresh (for statistics)."""
         raise NotImplementedError
 
     def separate_tensor(
@@ -94,9 +106,10 @@ class SeparatorBase:
         if not torch.isfinite(x).all():
             raise SeparatorError("input tensor contains NaN or infinite samples")
         plans = resolve_stems(self.stems, stems)
-        pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
-        parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         block = np.ascontiguousarray(x.numpy().T)
+        rewind = lambda: iter([block])  # noqa: E731
+        pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor", rewind=rewind)
+        parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         pipe.run(iter([block]), lambda out: [parts[k].append(v) for k, v in out.items()])
         result = {k: torch.from_numpy(np.concatenate(v).T.copy()) for k, v in parts.items()}
         return {k: v[0] if squeeze else v for k, v in result.items()}
@@ -141,7 +154,10 @@ class SeparatorBase:
         stem_names = [p.name for p in plans]
         targets = output_paths(path, stem_names, Path(output_dir), filename, fmt, names)
         source = open_audio(path)
-        pipe = self._pipeline(source.sample_rate, source.channels, plans, where=str(path))
+        rewind = lambda: open_audio(path).blocks()  # noqa: E731  (a first pass, if one is needed)
+        pipe = self._pipeline(
+            source.sample_rate, source.channels, plans, where=str(path), rewind=rewind
+        )
         with TrackOutputs(
             targets, spec, source.sample_rate, source.channels, force=force,
             normalize=normalize, cancel=cancel,
@@ -154,9 +170,15 @@ class Separator(SeparatorBase):
     """Separates audio with a model that follows the engine's protocol.
 
     `model`: any `nn.Module` with `forward((B, C, T)) -> (B, S, C, T)`, `sample_rate`, `stems`,
-    `audio_channels` and `chunk_size`. `overlap`: model evaluations per sample (>= 1).
+    `audio_channels` and `chunk_size`. `overlap`: model evaluations per sample (>= 1; default 2).
     `precision`: "fp32", or "bf16"/"fp16" autocast (fp16 needs a GPU). `tta`: average the
     channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`.
+
+    A model whose card declares demucs's pipeline (`model.pipeline`, `zoo.pipeline`) runs in the
+    apply_model engine (`inference.apply_model`), with mixture normalisation if the card says so:
+    there `overlap` may also be apply_model's fraction (< 1; the card's 0.25 by default),
+    `shifts` overrides the card's, `segment` (seconds) the model's, and `seed` draws the shift
+    offsets. For other models `segment` is a chunk length in seconds.
     """
 
     def __init__(
@@ -164,14 +186,21 @@ class Separator(SeparatorBase):
         model: nn.Module,
         *,
         device: str | torch.device = "auto",
-        overlap: float = DEFAULT_OVERLAP,
+        overlap: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_size: int | None = None,
         precision: str = "fp32",
         tta: bool = False,
         compile: bool = False,
+        shifts: int | None = None,
+        segment: float | None = None,
+        seed: int = 0,
     ) -> None:
         check_model(model)
+        self.pipeline = getattr(model, "pipeline", None) or PipelineSpec()
+        if self.pipeline.apply_model and (tta or compile):
+            raise SeparatorError("`tta` and `compile` do not apply to the apply_model pipeline")
+        self.shifts, self.segment, self.seed = shifts, segment, seed
         check_stem_names(model.stems)
         if precision not in PRECISIONS:
             raise SeparatorError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
@@ -201,20 +230,44 @@ class Separator(SeparatorBase):
         """The model's own stems, in output order."""
         return tuple(self.model.stems)
 
-    def new_engine(self) -> StreamingEngine:
-        """A fresh streaming engine with this separator's settings (one per stream)."""
+    def new_engine(self, stats: MixtureStats | None = None) -> StreamingEngine:
+        """A fresh streaming engine with this separator's settings (one per stream), on the
+        mixture normalised with `stats` if given."""
+        if self.pipeline.apply_model:
+            return apply_model_engine(self, stats)
+        if self.shifts:
+            raise SeparatorError("`shifts` needs a model with the apply_model pipeline (demucs)")
+        chunk = self.chunk_size
+        if self.segment is not None:
+            chunk = max(1, round(self.segment * self.model.sample_rate))
         engine = StreamingEngine(
             self._forward,
-            overlap=self.overlap,
+            overlap=self.overlap if self.overlap is not None else DEFAULT_OVERLAP,
             batch_size=self.batch_size,
-            chunk_size=self.chunk_size,
+            chunk_size=chunk,
             device=self.device,
             autocast_dtype=self.autocast_dtype,
         )
-        return engine
+        return NormalizedEngine(engine, stats) if stats is not None else engine  # type: ignore[return-value]
 
-    def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
-        return ModelPipeline(self.model, self.new_engine, in_rate, in_channels, plans, where)
+    def _pipeline(self, in_rate, in_channels, plans, where, rewind=None):
+        stats = None
+        if self.pipeline.normalize:  # demucs's mixture statistics: a first pass over the input
+            if rewind is None:
+                raise SeparatorError(f"{where}: normalising the mixture needs a first pass")
+            stats = mixture_stats(rewind(), in_rate, self.model.sample_rate)
+        new_engine = lambda: self.new_engine(stats)  # noqa: E731
+        return ModelPipeline(self.model, new_engine, in_rate, in_channels, plans, where)
+
+
+def apply_model_engine(sep: Separator, stats: MixtureStats | None):
+    """The apply_model engine of a Separator (see `inference.apply_model.apply_engine`)."""
+    engine = apply_engine(
+        sep.model, sep.pipeline, overlap=sep.overlap, shifts=sep.shifts, segment=sep.segment,
+        chunk_size=sep.chunk_size, seed=sep.seed, batch_size=sep.batch_size, device=sep.device,
+        autocast_dtype=sep.autocast_dtype,
+    )  # fmt: skip
+    return NormalizedEngine(engine, stats) if stats is not None else engine
 
 
 def track_name(path: Path) -> str:
