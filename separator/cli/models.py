@@ -63,14 +63,14 @@ def _card(name: str):
 def models_show_cmd(name: Annotated[str, typer.Argument(help="model name")]) -> None:
     """Print a model's card and where its weights are."""
     from separator.zoo import EnsembleCard
-    from separator.zoo.loader import cached_path
+    from separator.zoo.loader import cached_paths
 
     card = _card(name)
     typer.echo(card.path.read_text().rstrip() if card.path else name)
     if not isinstance(card, EnsembleCard):
-        path = cached_path(card)
-        state = "present" if path and path.is_file() else "not downloaded"
-        typer.echo(f"# weights: {path} ({state})")
+        for path in cached_paths(card):
+            state = "present" if path and path.is_file() else "not downloaded"
+            typer.echo(f"# weights: {path} ({state})")
 
 
 @models_app.command("download")
@@ -78,13 +78,15 @@ def models_download_cmd(
     names: Annotated[list[str], typer.Argument(help="model names (ensembles: their members)")],
 ) -> None:
     """Download and verify models' weights into the cache (SEPARATOR_CACHE overrides it)."""
-    from separator.zoo import EnsembleCard, weights_file
+    from separator.zoo import EnsembleCard
+    from separator.zoo.loader import weights_files
 
     for name in names:
         card = _card(name)
         members = [_card(m) for m in card.models] if isinstance(card, EnsembleCard) else [card]
         for member in members:
-            typer.echo(f"{member.name}: {weights_file(member, offline=False)}")
+            for path in weights_files(member, offline=False):
+                typer.echo(f"{member.name}: {path}")
 
 
 @models_app.command("verify")
@@ -95,25 +97,31 @@ def models_verify_cmd(
     from separator.files import sha256_file
     from separator.zoo import ModelCard
     from separator.zoo.download import pinned_sha256
-    from separator.zoo.loader import cached_path
+    from separator.zoo.loader import cached_paths
 
     bad = 0
     for name in names:
         card = _card(name)
-        path = cached_path(card) if isinstance(card, ModelCard) else None  # not an ensemble
-        if path is None or not path.is_file():
-            typer.echo(f"{name}: not downloaded ({path})")
+        if not isinstance(card, ModelCard):  # an ensemble
+            typer.echo(f"{name}: not downloaded (None)")
             bad += 1
             continue
-        expected = card.weights.get("sha256") or pinned_sha256(card.weights.get("url", ""))
-        actual = sha256_file(path)
-        if expected is None:
-            typer.echo(f"{name}: {path} sha256 {actual} (no published or pinned hash to compare)")
-        elif actual == expected.lower():
-            typer.echo(f"{name}: OK {path}")
-        else:
-            typer.echo(f"{name}: MISMATCH {path}: expected {expected}, got {actual}", err=True)
-            bad += 1
+        for entry, path in zip(card.weight_entries, cached_paths(card)):
+            if path is None or not path.is_file():
+                typer.echo(f"{name}: not downloaded ({path})")
+                bad += 1
+                continue
+            expected = entry.get("sha256") or pinned_sha256(entry.get("url", ""))
+            prefix = str(entry.get("sha256_prefix") or "").lower()
+            actual = sha256_file(path)
+            if expected is None and not prefix:
+                typer.echo(f"{name}: {path} sha256 {actual} (no published or pinned hash)")
+            elif actual.startswith(prefix) and actual == (expected or actual).lower():
+                typer.echo(f"{name}: OK {path}")
+            else:
+                want = expected or f"{prefix}..."
+                typer.echo(f"{name}: MISMATCH {path}: expected {want}, got {actual}", err=True)
+                bad += 1
     if bad:
         raise typer.Exit(2)
 

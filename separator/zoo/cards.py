@@ -24,6 +24,7 @@ An MSST YAML (`audio:` / `model:` / `training:`) is read into a ModelCard throug
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from separator.nn import get_family, infer_msst_family
 from separator.zoo.pipeline import PipelineSpec, resolve_pipeline
 
 ENSEMBLE_METHODS = ("avg", "median", "max_spec", "min_spec")
+_HEX = re.compile(r"[0-9a-fA-F]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class ModelCard:
             isinstance(files, list) and files and all(isinstance(f, Mapping) for f in files)
         ):
             raise ConfigError("`weights.files:` must be a list of {url/file, sha256, ...}")
+        for entry in self.weight_entries:
+            prefix = entry.get("sha256_prefix")
+            if prefix is not None and not (isinstance(prefix, str) and _HEX.fullmatch(prefix)):
+                raise ConfigError(f"`sha256_prefix` {prefix!r} must be a quoted hex string")
         resolve_pipeline(self.architecture, self.pipeline)
 
     @property
