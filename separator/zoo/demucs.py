@@ -20,6 +20,7 @@ The loader's routes (`zoo.loader`): a `.th` alone (`card_from_package`), a bag Y
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -443,8 +444,11 @@ def _package_member(card: ModelCard, member: Mapping, pkg: DemucsPackage) -> dic
             f"{pkg.path}: holds a {pkg.klass} model, the card {card.where} says "
             f"{member.get('klass')}"
         )
-    ours = dict(member.get("kwargs") or {})
-    differ = sorted(k for k, v in pkg.kwargs.items() if k in ours and not _same(ours[k], v))
+    ours, theirs = (
+        _arguments(pkg.klass, member.get("kwargs") or {}),
+        _arguments(pkg.klass, pkg.kwargs),
+    )
+    differ = sorted(k for k, v in theirs.items() if k in ours and not _same(ours[k], v))
     if differ:
         warnings.warn(
             f"{pkg.path.name}: the package's {', '.join(differ)} differ from the card "
@@ -452,6 +456,14 @@ def _package_member(card: ModelCard, member: Mapping, pkg: DemucsPackage) -> dic
             stacklevel=3,
         )
     return pkg.model
+
+
+def _arguments(klass: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every constructor argument of `klass` with `kwargs` over the defaults (unknown dropped)."""
+    params = inspect.signature(demucs_nn.KLASSES[klass]).parameters
+    out = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    out.update((k, v) for k, v in kwargs.items() if k in params)
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:
