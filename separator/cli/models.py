@@ -105,7 +105,7 @@ def models_verify_cmd(
             typer.echo(f"{name}: not downloaded ({path})")
             bad += 1
             continue
-        expected = card.weights.get("sha256") or pinned_sha256(card.weights.get("url", ""))
+        expected = card.weights.get("sha256") or pinned_sha256(card.urls[0] if card.urls else "")
         actual = sha256_file(path)
         if expected is None:
             typer.echo(f"{name}: {path} sha256 {actual} (no published or pinned hash to compare)")

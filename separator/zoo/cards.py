@@ -10,6 +10,7 @@ recipes export:
     sample_rate: 44100
     chunk_size: 352800                   # samples per chunk the model was trained on
     weights: {file: x.safetensors, url: https://..., sha256: ..., size: 123}
+                                         # or urls: [first, mirror, ...], tried in order
     license: MIT
     source: who trained it and where it is documented
     sdr: {benchmark: musdb18hq, vocals: 11.0}
@@ -68,6 +69,7 @@ class ModelCard:
                 raise ConfigError(f"`{key}:` must be a positive integer, got {value!r}")
         if not isinstance(self.weights, Mapping):
             raise ConfigError("`weights:` must be a mapping (file, url, sha256, size)")
+        _check_urls(self.weights)
 
     @property
     def weights_path(self) -> Path | None:
@@ -77,6 +79,13 @@ class ModelCard:
             return None
         p = Path(str(name))
         return p if p.is_absolute() or self.path is None else self.path.parent / p
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Where the weights can be downloaded: `weights.urls` (the first, then its mirrors), or
+        the one `weights.url`; empty for a card with a local file only."""
+        urls = self.weights.get("urls") or [self.weights.get("url")]
+        return tuple(str(u) for u in urls if u)
 
     @property
     def where(self) -> str:
@@ -104,6 +113,23 @@ class ModelCard:
             return cls(**values, path=path)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from None
+
+
+def _check_urls(weights: Mapping[str, Any]) -> None:
+    """`weights.url` (one string) or `weights.urls` (a non-empty list of strings), not both."""
+    urls = weights.get("urls")
+    if urls is None:
+        if "url" in weights and not isinstance(weights["url"], str):
+            raise ConfigError("`weights.url` must be one URL; list mirrors in `weights.urls`")
+        return
+    if "url" in weights:
+        raise ConfigError(
+            "give `weights.url` or `weights.urls` (first URL, then mirrors), not both"
+        )
+    if not isinstance(urls, (list, tuple)) or not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("`weights.urls` must be a non-empty list of URLs")
+    if len(set(urls)) != len(urls):
+        raise ConfigError("`weights.urls` lists a URL twice")
 
 
 def _plain(value: Any) -> Any:

@@ -87,10 +87,9 @@ def cached_path(card: ModelCard) -> Path | None:
     local = card.weights_path
     if local is not None:
         return local
-    url = card.weights.get("url")
-    if not url:
+    if not card.urls:
         return None
-    return cache_dir() / card.name / url_file_name(url)
+    return cache_dir() / card.name / url_file_name(card.urls[0])
 
 
 def is_cached(card: ModelCard) -> bool:
@@ -115,11 +114,14 @@ def weights_file(card: ModelCard, *, offline: bool | None = None, progress: bool
                 "replaced); restore the file or fix the card's `weights.sha256`"
             )
         return local
-    url = card.weights.get("url")
-    if not url:
+    if not card.urls:
         raise SeparatorError(f"{card.where}: the card names no weights file or URL")
     return fetch(
-        url, card.weights.get("sha256"), dest=cached_path(card), offline=offline, progress=progress
+        card.urls,
+        card.weights.get("sha256"),
+        dest=cached_path(card),
+        offline=offline,
+        progress=progress,
     )
 
 
