@@ -85,3 +85,18 @@ def _read_cards(files: list[Path]) -> dict[str, Card]:
 def find_card(name: str) -> Card | None:
     """The known card called `name`, or None."""
     return all_cards().get(name)
+
+
+def checkpoint_names() -> dict[str, str]:
+    """{checkpoint file name or its stem: card name}, from every card's weight URLs (mirrors
+    included), so the names UVR and audio-separator users know (`model_bs_roformer_ep_317_sdr_
+    12.9755.ckpt`) find their card. A name two cards share is left out as ambiguous."""
+    from urllib.parse import unquote, urlsplit
+
+    found: dict[str, set[str]] = {}
+    for name, card in all_cards().items():
+        for url in getattr(card, "urls", ()):
+            file = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+            for key in {file, Path(file).stem}:
+                found.setdefault(key, set()).add(name)
+    return {key: next(iter(names)) for key, names in found.items() if len(names) == 1}

@@ -26,7 +26,7 @@ from separator.errors import CheckpointError, ConfigError, SeparatorError
 from separator.files import check_name, read_yaml, sha256_file
 from separator.nn import get_family
 from separator.zoo.cards import Card, EnsembleCard, ModelCard, read_any_card, read_card
-from separator.zoo.catalog import all_cards
+from separator.zoo.catalog import all_cards, checkpoint_names
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
 from separator.zoo.mismatch import mismatch_message
@@ -143,6 +143,8 @@ def resolve(
         return read_any_card(model, model_type=model_type), _optional_path(checkpoint)
     target = Path(model)
     if target.suffix in CHECKPOINT_SUFFIXES:
+        if not target.exists() and str(model) in checkpoint_names():  # a UVR file name
+            return _named(str(model), checkpoint, model_type)
         if not target.exists():
             raise SeparatorError(f"{target}: no such model file")
         if checkpoint is None or Path(checkpoint).suffix not in YAML_SUFFIXES:
@@ -169,7 +171,9 @@ def _optional_path(checkpoint: str | os.PathLike | None) -> Path | None:
 
 
 def _named(name: str, checkpoint, model_type: str | None) -> tuple[Card, None]:
-    card = all_cards().get(name)
+    """The card called `name`, or the card whose weights file is called `name` (or its stem)."""
+    cards = all_cards()
+    card = cards.get(name) or cards.get(checkpoint_names().get(name, ""))
     if card is None:
         raise SeparatorError(
             f"unknown model {name!r}: not a file and not a known model name (see `separator "
