@@ -1,15 +1,15 @@
 """Command line: `separate` (the main job) and `separator` (convert, evaluate, train, models).
 
-One module per command group (`separate`, `models`, `evaluate`, `train`, `convert`); `common`
-holds the apps, the one-line errors and the exit codes. `python -m separator.cli` runs
-`separator` (for torchrun).
+One module per command group (`separate`, `models`, `evaluate`, `train`, `convert`,
+`ensemble`); `common` holds the apps, the one-line errors and the exit codes.
+`python -m separator.cli` runs `separator` (for torchrun).
 """
 
 from __future__ import annotations
 
 import sys
 
-from separator.cli import convert, evaluate, models, separate, train  # noqa: F401 (commands)
+from separator.cli import convert, ensemble, evaluate, models, separate, train  # noqa: F401
 from separator.cli.common import app, run_app, separate_app
 
 

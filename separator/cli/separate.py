@@ -56,7 +56,11 @@ def separate_cmd(
         str | None, typer.Option(help="ensemble weights, one per model: 2,1")
     ] = None,
     ensemble: Annotated[
-        str | None, typer.Option(help="ensemble method: avg (default), median, max_spec, min_spec")
+        str | None,
+        typer.Option(
+            help="ensemble method: avg (default), median, min_wave, max_wave, max_spec, "
+            "min_spec, avg_fft, median_fft, min_fft, max_fft"
+        ),
     ] = None,
     offline: Annotated[
         bool, typer.Option("--offline", help="never download: use cached weights only")

@@ -32,7 +32,20 @@ from separator.errors import ConfigError
 from separator.files import atomic_write, check_name, read_yaml, safe_name, sha256_file
 from separator.nn import get_family, infer_msst_family
 
-ENSEMBLE_METHODS = ("avg", "median", "max_spec", "min_spec")
+# How an ensemble combines its members' stems (separator.inference.combine says how each works):
+# element-wise on the waveforms, per bin of our STFT, or per bin as MSST's ensemble.py does.
+ENSEMBLE_METHODS = (
+    "avg", "median", "min_wave", "max_wave",
+    "max_spec", "min_spec",
+    "avg_fft", "median_fft", "min_fft", "max_fft",
+)  # fmt: skip
+# Other tools' names for the same methods (MSST's ensemble.py, audio-separator's presets).
+METHOD_ALIASES = {"avg_wave": "avg", "median_wave": "median"}
+
+
+def canonical_method(method: str) -> str:
+    """Our name of an ensemble method (`avg_wave` is MSST's name of `avg`)."""
+    return METHOD_ALIASES.get(method, method)
 
 
 @dataclass(frozen=True)
@@ -187,7 +200,7 @@ class EnsembleCard:
         try:
             return cls(
                 models=tuple(str(m) for m in spec["models"]),
-                method=str(spec.get("method", "avg")),
+                method=canonical_method(str(spec.get("method", "avg"))),
                 weights=tuple(float(w) for w in weights) if weights is not None else None,
                 stem_models={str(k): tuple(v) for k, v in (spec.get("stems") or {}).items()},
                 path=path,
@@ -206,7 +219,7 @@ def check_ensemble(
     """Validate an ensemble's members, weights and method."""
     if len(models) < 2:
         raise ConfigError(f"{where}: an ensemble needs at least two models, got {list(models)}")
-    if method not in ENSEMBLE_METHODS:
+    if canonical_method(method) not in ENSEMBLE_METHODS:
         raise ConfigError(
             f"{where}: unknown ensemble method {method!r}; use {', '.join(ENSEMBLE_METHODS)}"
         )
