@@ -55,6 +55,7 @@ ARGUMENT_FLAGS = {
     "batch_size": "--batch-size",
     "precision": "--precision",
     "clip": "--clip",
+    "stems": "--stems",
 }
 
 

@@ -1,4 +1,5 @@
-"""`load_separator`: a `Separator` or an `Ensemble` from a name, a path or "a,b[,c]"."""
+"""`load_separator`: a `Separator`, an `Ensemble` or a `Chain` from a name, a path, "a,b[,c]" or
+"a:vocals > b:noreverb > c"."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from separator.errors import SeparatorError
+from separator.inference.chain import Chain
 from separator.inference.ensemble import Ensemble
 from separator.inference.separator import Separator, SeparatorBase
-from separator.zoo import DEFAULT_MODEL, EnsembleCard, find_card, load_model
+from separator.zoo import DEFAULT_MODEL, ChainCard, EnsembleCard, find_card, load_model
+from separator.zoo.cards import parse_chain
 
 
 def load_separator(
@@ -22,7 +25,8 @@ def load_separator(
     model_type: str | None = None,
     **kwargs,
 ) -> SeparatorBase:
-    """A `Separator`, or an `Ensemble` for "a,b[,c]" or an ensemble card name.
+    """A `Separator`, an `Ensemble` for "a,b[,c]" or an ensemble card name, or a `Chain` for
+    "a:vocals > b:noreverb > c" or a chain card name.
 
     No model and no config: the embedded default model. `method`/`weights` choose how an ensemble
     combines its members (avg by default; an ensemble card's own choice otherwise); `kwargs` go to
@@ -34,9 +38,13 @@ def load_separator(
     elif model is None:  # a config alone names the model (a card, or an MSST YAML)
         model, config = config, None
     spec = str(model)
+    card = None if "," in spec or ">" in spec or Path(spec).exists() else find_card(spec)
+    if ">" in spec or isinstance(card, ChainCard):  # "a:vocals > b:noreverb > c", a chain card
+        if config is not None or model_type is not None or method or weights is not None:
+            raise SeparatorError("a chain takes no `config`, `method` or `weights` of its own")
+        return load_chain(card.steps if card else parse_chain(spec), offline=offline, **kwargs)
     names = [m.strip() for m in spec.split(",") if m.strip()] if "," in spec else None
     stem_models = None
-    card = None if names or Path(spec).exists() else find_card(spec)
     if isinstance(card, EnsembleCard):
         names = list(card.models)
         method = method or card.method
@@ -52,4 +60,16 @@ def load_separator(
     members = [Separator(load_model(n, offline=offline), **kwargs) for n in names]
     return Ensemble(
         members, method=method or "avg", weights=weights, stem_models=stem_models, names=names
+    )
+
+
+def load_chain(
+    steps: Sequence[tuple[str, str | None]], *, offline: bool | None = None, **kwargs
+) -> Chain:
+    """A `Chain` of (model, stem taken from its output) steps; each model as `load_separator`
+    loads it (a name, a card, `a,b` for an ensemble)."""
+    return Chain(
+        [load_separator(m, offline=offline, **kwargs) for m, _ in steps],
+        [stem for _, stem in steps[:-1]],
+        names=[m for m, _ in steps],
     )

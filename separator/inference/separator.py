@@ -79,6 +79,10 @@ class SeparatorBase:
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         raise NotImplementedError
 
+    def _plans(self, stems: str | Sequence[str] | None) -> list[StemPlan]:
+        """The outputs to make for `stems` (None: the default ones, every model stem)."""
+        return resolve_stems(self.stems, stems)
+
     def separate_tensor(
         self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
     ) -> dict[str, Tensor]:
@@ -96,7 +100,7 @@ class SeparatorBase:
             )
         if not torch.isfinite(x).all():
             raise SeparatorError("input tensor contains NaN or infinite samples")
-        plans = resolve_stems(self.stems, stems)
+        plans = self._plans(stems)
         pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
         parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         block = np.ascontiguousarray(x.numpy().T)
@@ -124,7 +128,7 @@ class SeparatorBase:
         existing output is an error unless `force`.
         """
         path = Path(path)
-        plans = resolve_stems(self.stems, stems)
+        plans = self._plans(stems)
         targets = output_paths(path, [p.name for p in plans], Path(output_dir), filename, fmt)
         if not force:
             for target in targets.values():

@@ -15,7 +15,8 @@ recipes export:
     source: who trained it and where it is documented
     sdr: {benchmark: musdb18hq, vocals: 11.0}
 
-An ensemble card (`ensemble: {models, method, weights, stems}`) fixes a combination of models.
+An ensemble card (`ensemble: {models, method, weights, stems}`) fixes a combination of models; a
+chain card (`chain: [a:vocals, b:noreverb, c]`) runs models one after another on one stem each.
 An MSST YAML (`audio:` / `model:` / `training:`) is read into a ModelCard through its family's
 `from_msst`.
 """
@@ -210,7 +211,75 @@ class EnsembleCard:
             raise ConfigError(f"{where}{e}") from None
 
 
-Card = ModelCard | EnsembleCard
+def parse_chain(spec: str | list) -> tuple[tuple[str, str | None], ...]:
+    """`"a:vocals > b:noreverb > c"` (or a list of `model[:stem]` strings) -> ((model, stem), ...).
+
+    Each step but the last names the stem of its output that the next step separates; the last
+    step's stems are the chain's outputs. A step's model may be an ensemble (`a,b:vocals`).
+    """
+    parts = [p.strip() for p in spec.split(">")] if isinstance(spec, str) else list(spec)
+    steps = []
+    for part in parts:
+        if not isinstance(part, str) or not part:
+            raise ConfigError(f"chain {spec!r}: empty step; write `a:vocals > b:noreverb > c`")
+        model, _, stem = part.partition(":")
+        for name in model.split(","):
+            check_name(name.strip(), "model name")
+        steps.append((model.strip(), check_name(stem.strip()) if stem else None))
+    if len(steps) < 2:
+        raise ConfigError(f"chain {spec!r}: a chain needs at least two steps (`a:vocals > b`)")
+    missing = [m for m, stem in steps[:-1] if stem is None]
+    if missing:
+        raise ConfigError(
+            f"chain {spec!r}: step {missing[0]!r} must name the stem the next step takes "
+            f"(`{missing[0]}:vocals > ...`)"
+        )
+    if steps[-1][1] is not None:
+        raise ConfigError(
+            f"chain {spec!r}: the last step takes no stem; all its stems are outputs (choose "
+            "them with `stems`)"
+        )
+    return tuple(steps)
+
+
+@dataclass(frozen=True)
+class ChainCard:
+    """Models run one after another, each on one stem of the previous one's output:
+    `chain: [a:vocals, b:noreverb, c]` (or the string `a:vocals > b:noreverb > c`)."""
+
+    name: str
+    steps: tuple[tuple[str, str | None], ...]
+    license: str = "see the member models"
+    source: str = ""
+    sdr: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "model name")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models of the steps (an ensemble step counts its members)."""
+        return tuple(n.strip() for m, _ in self.steps for n in m.split(","))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: Path | None = None) -> ChainCard:
+        where = f"{path}: " if path else ""
+        values = dict(values)
+        spec = values.pop("chain")
+        unknown = sorted(set(values) - {"name", "license", "source", "sdr", "notes"})
+        if unknown:
+            raise ConfigError(f"{where}unknown chain card key(s): {', '.join(unknown)}")
+        if "name" not in values:
+            raise ConfigError(f"{where}a chain card needs `name` and `chain`")
+        try:
+            return cls(steps=parse_chain(spec), path=path, **values)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{where}{e}") from None
+
+
+Card = ModelCard | EnsembleCard | ChainCard
 
 
 def check_ensemble(
@@ -279,6 +348,8 @@ def read_any_card(
         config = read_yaml(path)
     if "ensemble" in config:
         return EnsembleCard.from_dict(config, path)
+    if "chain" in config:
+        return ChainCard.from_dict(config, path)
     if is_card(config):
         if model_type is not None and model_type != config.get("architecture"):
             where = f"{path}: " if path else ""
@@ -295,8 +366,9 @@ def read_card(
 ) -> ModelCard:
     """A ModelCard from a card YAML, an MSST YAML, or an already-parsed mapping of either."""
     card = read_any_card(config, model_type=model_type)
-    if isinstance(card, EnsembleCard):
-        raise ConfigError(f"{card.path or card.name}: an ensemble card, not a single model")
+    if not isinstance(card, ModelCard):
+        kind = "an ensemble" if isinstance(card, EnsembleCard) else "a chain"
+        raise ConfigError(f"{card.path or card.name}: {kind} card, not a single model")
     return card
 
 

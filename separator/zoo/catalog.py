@@ -71,8 +71,10 @@ def _read_cards(files: list[Path]) -> dict[str, Card]:
     cards: dict[str, Card] = {}
     for path in files:
         data = read_yaml(path)
-        if "ensemble" not in data and "architecture" not in data:
-            raise ConfigError(f"{path}: not a model card (no `architecture:` or `ensemble:`)")
+        if not {"ensemble", "architecture", "chain"} & set(data):
+            raise ConfigError(
+                f"{path}: not a model card (no `architecture:`, `ensemble:` or `chain:`)"
+            )
         card = read_any_card(data, path=path)
         if card.name in cards:
             raise ConfigError(

@@ -28,7 +28,11 @@ def card_stems(card: Card, cards: dict[str, Card]) -> list[str]:
             return list(card.stem_models)
         members = [cards[m] for m in card.models if m in cards]
         return list(dict.fromkeys(s for m in members for s in getattr(m, "stems", ())))
-    return list(getattr(card, "outputs", lambda _cards: [])(cards))
+    # a chain: the last step's stems, named by the path through the chain
+    prefix = "-".join(stem for _, stem in card.steps[:-1])
+    last = [cards.get(m.strip()) for m in card.steps[-1][0].split(",")]
+    stems = dict.fromkeys(s for c in last if c is not None for s in card_stems(c, cards))
+    return [f"{prefix}-{s}" for s in stems]
 
 
 def card_kind(card: Card) -> str:

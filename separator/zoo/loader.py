@@ -25,7 +25,14 @@ from torch import Tensor, nn
 from separator.errors import CheckpointError, ConfigError, SeparatorError
 from separator.files import check_name, read_yaml, sha256_file
 from separator.nn import get_family
-from separator.zoo.cards import Card, EnsembleCard, ModelCard, read_any_card, read_card
+from separator.zoo.cards import (
+    Card,
+    ChainCard,
+    EnsembleCard,
+    ModelCard,
+    read_any_card,
+    read_card,
+)
 from separator.zoo.catalog import all_cards, checkpoint_names
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
@@ -137,7 +144,7 @@ def resolve(
     A checkpoint path may come first: `resolve("x.ckpt", "config.yaml")` is read as
     `resolve("config.yaml", "x.ckpt")`.
     """
-    if isinstance(model, (ModelCard, EnsembleCard)):
+    if isinstance(model, (ModelCard, EnsembleCard, ChainCard)):
         return model, _optional_path(checkpoint)
     if isinstance(model, Mapping):
         return read_any_card(model, model_type=model_type), _optional_path(checkpoint)
@@ -204,7 +211,7 @@ def _is_card_file(path: Path) -> bool:
         data = read_yaml(path)
     except ConfigError:
         return False
-    return "architecture" in data or "ensemble" in data
+    return bool({"architecture", "ensemble", "chain"} & set(data))
 
 
 def load_model(
@@ -222,10 +229,9 @@ def load_model(
     keys where that is unambiguous). `offline` (or SEPARATOR_OFFLINE=1) never downloads.
     """
     card, path = resolve(model, checkpoint, model_type=model_type)
-    if isinstance(card, EnsembleCard):
-        raise SeparatorError(
-            f"{card.name} is an ensemble: load it with load_separator({card.name!r})"
-        )
+    if not isinstance(card, ModelCard):
+        kind = "an ensemble" if isinstance(card, EnsembleCard) else "a chain"
+        raise SeparatorError(f"{card.name} is {kind}: load it with load_separator({card.name!r})")
     if path is None and not card.weights:
         raise SeparatorError(f"{card.where}: a config needs its checkpoint; pass `checkpoint`")
     return load_card(card, path, device=device, offline=offline)
