@@ -18,6 +18,7 @@ from separator.cli import main, separate_main
 from separator.errors import SeparatorError
 from separator.inference import Separator, load_separator
 from separator.zoo import (
+    ChainCard,
     EnsembleCard,
     ModelCard,
     all_cards,
@@ -90,6 +91,21 @@ def test_checkpoint_file_name_resolves_from_the_cli(capsys) -> None:
     assert "name: bs_roformer_viperx_1297" in capsys.readouterr().out
     with pytest.raises(SeparatorError, match="no such model file"):
         resolve("surely_not_a_known_checkpoint.ckpt")
+
+
+def test_chain_cards_name_known_models_and_stems() -> None:
+    from separator.inference.stems import available_stems
+
+    cards = all_cards()
+    chains = [c for c in cards.values() if isinstance(c, ChainCard)]
+    assert len(chains) >= 2
+    for chain in chains:
+        for model, stem in chain.steps:
+            card = cards.get(model)
+            assert isinstance(card, ModelCard), f"{chain.name}: unknown model {model}"
+            assert stem is None or stem in available_stems(card.stems), (chain.name, stem)
+    presets = [c for c in cards.values() if isinstance(c, EnsembleCard)]
+    assert {"min_fft", "max_fft", "max_spec", "avg"} <= {p.method for p in presets}
 
 
 def test_required_community_models_are_there() -> None:

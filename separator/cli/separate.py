@@ -49,7 +49,8 @@ def separate_cmd(
             "--model",
             "-m",
             help="model name (separator models list), card / MSST config (.yaml), checkpoint, "
-            "or folder; a,b[,c] for an ensemble [default: the embedded model]",
+            "or folder; a,b[,c] for an ensemble; 'a:vocals > b' for a chain [default: the "
+            "strongest 4-stem model, or the embedded one offline]",
         ),
     ] = None,
     weights: Annotated[
@@ -121,6 +122,7 @@ def separate_cmd(
             precision=precision,
             tta=tta,
             compile=compile,
+            quiet=quiet,
         )
         resolve_stems(sep.stems, stems)
     except SeparatorError as e:
@@ -140,9 +142,15 @@ def separate_cmd(
         raise typer.Exit(2)
 
 
-def _load_separator(model: str | None, config: Path | None, **kwargs):
+def _load_separator(model: str | None, config: Path | None, *, quiet: bool = False, **kwargs):
     from separator.inference import load_separator
+    from separator.inference.api import load_default_separator
 
+    if model is None and config is None:  # the default: one line says which model and why
+        sep, choice = load_default_separator(**kwargs)
+        if not quiet:
+            typer.echo(cli_message(choice.reason), err=True)
+        return sep
     return load_separator(model, config, **kwargs)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from separator.inference.ensemble import Ensemble
 from separator.inference.separator import Separator, SeparatorBase
 from separator.zoo import DEFAULT_MODEL, ChainCard, EnsembleCard, find_card, load_model
 from separator.zoo.cards import parse_chain
+from separator.zoo.defaults import DefaultChoice, choose_default, embedded
 
 
 def load_separator(
@@ -28,14 +30,20 @@ def load_separator(
     """A `Separator`, an `Ensemble` for "a,b[,c]" or an ensemble card name, or a `Chain` for
     "a:vocals > b:noreverb > c" or a chain card name.
 
-    No model and no config: the embedded default model. `method`/`weights` choose how an ensemble
+    No model and no config: the default model (`load_default_separator`; a warning says when the
+    embedded model runs in its place). `method`/`weights` choose how an ensemble
     combines its members (avg by default; an ensemble card's own choice otherwise); `kwargs` go to
     every `Separator`. `config` is the MSST YAML of a checkpoint given as `model` (either order
     works), `model_type` its MSST model type where the keys do not tell.
     """
     if model is None and config is None:
-        model = DEFAULT_MODEL
-    elif model is None:  # a config alone names the model (a card, or an MSST YAML)
+        sep, choice = load_default_separator(
+            method=method, weights=weights, offline=offline, **kwargs
+        )
+        if choice.fallback:
+            warnings.warn(choice.reason, stacklevel=2)
+        return sep
+    if model is None:  # a config alone names the model (a card, or an MSST YAML)
         model, config = config, None
     spec = str(model)
     card = None if "," in spec or ">" in spec or Path(spec).exists() else find_card(spec)
@@ -73,3 +81,20 @@ def load_chain(
         [stem for _, stem in steps[:-1]],
         names=[m for m, _ in steps],
     )
+
+
+def load_default_separator(
+    *, offline: bool | None = None, **kwargs
+) -> tuple[SeparatorBase, DefaultChoice]:
+    """The model `separate` runs without `--model` (`separator.zoo.defaults`), and the choice
+    with its one-line reason. If the chosen model cannot be downloaded, the embedded model runs
+    instead (an override by SEPARATOR_DEFAULT_MODEL or the config file is never replaced)."""
+    choice = choose_default(offline=offline)
+    try:
+        return load_separator(choice.name, offline=offline, **kwargs), choice
+    except SeparatorError as e:
+        if choice.fallback or choice.configured:
+            raise
+        reason = str(e).splitlines()[0]
+        choice = embedded(f"the default {choice.name} could not be downloaded ({reason})")
+        return load_separator(DEFAULT_MODEL, offline=offline, **kwargs), choice

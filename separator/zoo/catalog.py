@@ -7,6 +7,7 @@ In a wheel the shipped folders are installed inside the package (`separator/buil
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -70,18 +71,23 @@ def all_cards() -> dict[str, Card]:
 def _read_cards(files: list[Path]) -> dict[str, Card]:
     cards: dict[str, Card] = {}
     for path in files:
-        data = read_yaml(path)
-        if not {"ensemble", "architecture", "chain"} & set(data):
-            raise ConfigError(
-                f"{path}: not a model card (no `architecture:`, `ensemble:` or `chain:`)"
-            )
-        card = read_any_card(data, path=path)
+        st = path.stat()
+        card = _read_card_file(path, st.st_size, st.st_mtime_ns)
         if card.name in cards:
             raise ConfigError(
                 f"{path}: model name {card.name!r} is also used by {cards[card.name].path}"
             )
         cards[card.name] = card
     return cards
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_card_file(path: Path, size: int, mtime_ns: int) -> Card:
+    """One card file, parsed once per (path, size, mtime): adding a card re-reads only it."""
+    data = read_yaml(path)
+    if not {"ensemble", "architecture", "chain"} & set(data):
+        raise ConfigError(f"{path}: not a model card (no `architecture:`, `ensemble:` or `chain:`)")
+    return read_any_card(data, path=path)
 
 
 def find_card(name: str) -> Card | None:

@@ -84,7 +84,7 @@ def fetch(
             f"{dest} did not match sha256 {expected} (got {actual}); downloading again",
             stacklevel=2,
         )
-    if _is_offline(offline):
+    if is_offline(offline):
         raise SeparatorError(
             f"offline mode: {dest} is missing; download {key} by hand and save it as {dest}"
         )
@@ -276,7 +276,8 @@ def _check_scheme(url: str) -> None:
         raise SeparatorError(f"{url}: only http(s) URLs can be downloaded; fix the model card")
 
 
-def _is_offline(offline: bool | None) -> bool:
+def is_offline(offline: bool | None = None) -> bool:
+    """`offline` if given, else SEPARATOR_OFFLINE=1 (or true/yes)."""
     if offline is not None:
         return offline
     return os.environ.get("SEPARATOR_OFFLINE", "").strip().lower() in ("1", "true", "yes")

@@ -23,9 +23,7 @@ def card_stems(card: Card, cards: dict[str, Card]) -> list[str]:
     """The stems a card gives: a model's own, an ensemble's union, a chain's outputs."""
     if isinstance(card, ModelCard):
         return list(card.stems)
-    if isinstance(card, EnsembleCard):
-        if card.stem_models:
-            return list(card.stem_models)
+    if isinstance(card, EnsembleCard):  # every member stem (`stems:` only picks sources)
         members = [cards[m] for m in card.models if m in cards]
         return list(dict.fromkeys(s for m in members for s in getattr(m, "stems", ())))
     # a chain: the last step's stems, named by the path through the chain
