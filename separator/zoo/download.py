@@ -85,8 +85,10 @@ def fetch(
             stacklevel=2,
         )
     if is_offline(offline):
+        mirrors = f" (or a mirror: {', '.join(urls[1:])})" if len(urls) > 1 else ""
         raise SeparatorError(
-            f"offline mode: {dest} is missing; download {key} by hand and save it as {dest}"
+            f"offline mode: {dest} is missing; download {key}{mirrors} by hand and save it as "
+            f"{dest}"
         )
     failures = []
     for u in urls:
