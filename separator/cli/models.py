@@ -133,14 +133,14 @@ def _weights_state(card) -> list[str]:
 
 @models_app.command("download")
 def models_download_cmd(
-    names: Annotated[list[str], typer.Argument(help="model names (ensembles: their members)")],
+    names: Annotated[list[str], typer.Argument(help="model names (ensembles, chains: members)")],
 ) -> None:
     """Download and verify models' weights into the cache (SEPARATOR_CACHE overrides it)."""
-    from separator.zoo import EnsembleCard, weights_file
+    from separator.zoo import ModelCard, weights_file
 
     for name in names:
         card = _card(name)
-        members = [_card(m) for m in card.models] if isinstance(card, EnsembleCard) else [card]
+        members = [card] if isinstance(card, ModelCard) else [_card(m) for m in card.models]
         for member in members:
             typer.echo(f"{member.name}: {weights_file(member, offline=False)}")
 

@@ -37,6 +37,14 @@ _OFFLINE_HINT = (
 )
 
 
+class _Unreachable(SeparatorError):
+    """No connection; `short` says so without the what-to-do hint (given once for mirrors)."""
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(message)
+        self.short = short
+
+
 def cache_dir() -> Path:
     """Where downloaded weights live: `$SEPARATOR_CACHE`, else the platform's user cache dir."""
     env = os.environ.get("SEPARATOR_CACHE")
@@ -97,13 +105,16 @@ def fetch(
         except SeparatorError as e:
             if len(urls) == 1:
                 raise
-            failures.append(str(e))
+            failures.append(getattr(e, "short", str(e)))
             continue
         if expected is None:
             _pin(key, actual, dest)
         os.replace(dest.with_name(dest.name + ".part"), dest)  # atomic: dest is verified
         return dest
-    raise SeparatorError(f"all {len(urls)} URLs failed for {dest.name}: " + "; ".join(failures))
+    hint = _OFFLINE_HINT.format(dest=dest).replace("that URL", "one of them")
+    raise SeparatorError(
+        f"all {len(urls)} URLs failed for {dest.name}: {'; '.join(failures)}; {hint}"
+    )
 
 
 def _download_verified(url: str, dest: Path, expected: str | None, progress: bool) -> str:
@@ -144,10 +155,8 @@ def _download(url: str, part: Path, dest: Path, progress: bool, *, retried: bool
         ) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        hint = _OFFLINE_HINT.format(dest=dest)
-        raise SeparatorError(
-            f"cannot download {url}: the network or host is unreachable ({reason}); {hint}"
-        ) from None
+        short = f"cannot download {url}: the network or host is unreachable ({reason})"
+        raise _Unreachable(f"{short}; {_OFFLINE_HINT.format(dest=dest)}", short) from None
     with response:
         offset = _resume_offset(response, start)
         length = response.headers.get("Content-Length")
