@@ -63,6 +63,7 @@ ARGUMENT_FLAGS = {
     "clip_level": "--clip-mode",
     "preset": "--mp3-preset",
     "residual": "--other-method",
+    "stems": "--stems",
 }
 
 

@@ -76,6 +76,13 @@ class SeparatorBase:
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         raise NotImplementedError
 
+    def _plans(
+        self, stems: str | Sequence[str] | None, residual: str = "minus"
+    ) -> list[StemPlan]:
+        """The outputs to make for `stems` (None: the default ones, every model stem);
+        `residual`: how `no_<stem>`/`instrumental` are made (see `resolve_stems`)."""
+        return resolve_stems(self.stems, stems, residual=residual)
+
     def separate_tensor(
         self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
     ) -> dict[str, Tensor]:
@@ -93,7 +100,7 @@ class SeparatorBase:
             )
         if not torch.isfinite(x).all():
             raise SeparatorError("input tensor contains NaN or infinite samples")
-        plans = resolve_stems(self.stems, stems)
+        plans = self._plans(stems)
         pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
         parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         block = np.ascontiguousarray(x.numpy().T)
@@ -137,7 +144,7 @@ class SeparatorBase:
         """
         path = Path(path)
         spec = OutputSpec(fmt, bits, clip, clip_level, bitrate, sample_rate, preset)
-        plans = resolve_stems(self.stems, stems, residual=residual)
+        plans = self._plans(stems, residual=residual)
         stem_names = [p.name for p in plans]
         targets = output_paths(path, stem_names, Path(output_dir), filename, fmt, names)
         source = open_audio(path)
