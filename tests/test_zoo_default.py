@@ -72,7 +72,8 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _run(song: Path, out: Path, *extra) -> int:
-    return separate_main([str(song), "-o", str(out), "--bits", "32", "--clip", "none", *extra])
+    return separate_main([str(song), "-o", str(out), "--bits", "32", "--clip", "none",
+                          "--filename", "{track}/{stem}.{ext}", *extra])  # fmt: skip
 
 
 # --- the default model ------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def ensemble_cmd(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
 ) -> None:
     """Combine the same stem from several models into one file, as MSST's ensemble.py does."""
-    from separator.cli.separate import _floats
+    from separator.cli.run import _floats
     from separator.inference.file_ensemble import ensemble_files
 
     written = ensemble_files(

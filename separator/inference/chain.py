@@ -65,9 +65,7 @@ class Chain(SeparatorBase):
         """Every output, named by its path (the last step's model stems are the default ones)."""
         return tuple(name for name, _, _ in self.outputs)
 
-    def _plans(
-        self, stems: str | Sequence[str] | None, residual: str = "minus"
-    ) -> list[StemPlan]:
+    def _plans(self, stems: str | Sequence[str] | None, residual: str = "minus") -> list[StemPlan]:
         if stems is None:
             last = len(self.steps) - 1
             stems = [n for n, k, s in self.outputs if k == last and s in self.steps[last].stems]

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from separator.errors import ConfigError, SeparatorError
-from separator.inference.audio import AudioSource, StemWriter, open_audio
+from separator.inference.audio import AudioSource, open_audio
 from separator.inference.combine import WAVE_METHODS, SpecCombiner, combine_waves
 from separator.inference.pipeline import pop_samples
+from separator.inference.writers import StemWriter
 from separator.zoo.cards import canonical_method, check_ensemble
 
 OUTPUT_FORMATS = {".wav": "wav", ".flac": "flac"}

@@ -76,9 +76,7 @@ class SeparatorBase:
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         raise NotImplementedError
 
-    def _plans(
-        self, stems: str | Sequence[str] | None, residual: str = "minus"
-    ) -> list[StemPlan]:
+    def _plans(self, stems: str | Sequence[str] | None, residual: str = "minus") -> list[StemPlan]:
         """The outputs to make for `stems` (None: the default ones, every model stem);
         `residual`: how `no_<stem>`/`instrumental` are made (see `resolve_stems`)."""
         return resolve_stems(self.stems, stems, residual=residual)
