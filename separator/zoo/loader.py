@@ -72,12 +72,13 @@ def load_card(
     """The model a card describes, with `checkpoint` (default: the card's weights) loaded.
 
     Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
-    `chunk_size` set.
+    `chunk_size` set, and `model_name` (the card's name, for messages).
     """
     path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
     model = build_model(card)
     fmt = get_family(card.architecture).checkpoint_format
     load_weights(model, read_weights(path, fmt), source=path, config=card.path)
+    model.model_name = card.name
     return model.to(device).eval()
 
 
