@@ -92,3 +92,58 @@ def test_nan_output_through_the_api_names_the_chunk_time(tmp_path):
     mix[0, 1500:] = 2.0  # chunks hop by 250 samples: the one starting at 1.25 s sees it first
     with pytest.raises(SeparatorError, match=r"model LateOverflow .* at 1.25 s of the input"):
         separate_tensor(LateOverflow(), mix)
+
+
+# --- wrong cards and configs --------------------------------------------------------------------
+def _edit(card: Path, edit) -> Path:
+    values = yaml.safe_load(card.read_text())
+    edit(values)
+    card.write_text(yaml.safe_dump(values))
+    return card
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["model"].update(dim="sixty-four"), "bad `model.dim` 'sixty-four'"),
+        (lambda c: c["model"].update(num_stems=4), "2 stem names ['vocals', 'other'] given for"),
+        (
+            lambda c: c.update(chunk_size=100),
+            "`chunk_size` 100 (MSST: audio.chunk_size) is shorter than this model's minimum of "
+            "129 samples",  # n_fft 256: reflect padding needs more than 128 samples
+        ),
+        (
+            lambda c: c.update(weights={"file": "/etc/passwd"}),
+            "`weights.file`: /etc/passwd: not a readable checkpoint",
+        ),
+        (lambda c: c.update(weights={"file": "."}), "`weights.file` "),
+    ],
+    ids=["dim-text", "stems-for-4", "chunk-100", "weights-passwd", "weights-folder"],
+)
+def test_wrong_cards_are_one_line_naming_card_and_field(tmp_path, capsys, edit, message):
+    card = _edit(tiny_card(tmp_path), edit)
+    song = write_wav(tmp_path / "song.wav", noise(2, RATE // 2), RATE)
+    out = tmp_path / "out"
+    assert separate_main([str(song), "--model", str(card), "-o", str(out), "-q"]) == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"error: {card}: ") and message in err
+    assert not out.exists()
+
+
+def test_binary_yaml_is_one_line(tmp_path, capsys):
+    card = tmp_path / "binary.yaml"
+    card.write_bytes(bytes(range(256)))
+    song = write_wav(tmp_path / "song.wav", noise(2, RATE // 2), RATE)
+    assert separate_main([str(song), "--model", str(card), "-o", str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys) == f"error: {card}: not a YAML file (not UTF-8 text)"
+
+
+def test_short_chunk_in_an_msst_config_is_refused_at_load(tmp_path):
+    from test_cli_separate import tiny_bs_files
+
+    config, ckpt = tiny_bs_files(tmp_path)
+    _edit(config, lambda c: c["audio"].update(chunk_size=100))
+    with pytest.raises(SeparatorError, match=r"tiny0.yaml: `chunk_size` 100 .* minimum of 129"):
+        load_model(config, ckpt)
+    _edit(config, lambda c: c["audio"].update(chunk_size=129))
+    assert load_model(config, ckpt).chunk_size == 129  # the minimum itself runs
