@@ -26,10 +26,12 @@ import contextlib
 import math
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from separator.errors import SeparatorError
+from separator.inference.inputs import as_waveform
 
 DEFAULT_OVERLAP = 2.0
 DEFAULT_BATCH_SIZE = 1
@@ -323,18 +325,20 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def separate_tensor(
     model: nn.Module,
-    mix: Tensor,
+    mix: Tensor | np.ndarray,
     *,
     overlap: float = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
     chunk_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Separate a whole (channels, time) float tensor at the model's rate.
+    """Separate a whole (channels, time) waveform at the model's rate.
 
-    Returns (stems, channels, time) float32 on the CPU. Same code path as streaming: the whole
-    tensor is pushed as a single block.
+    `mix`: a torch tensor or numpy array; integer PCM is scaled to [-1, 1) as soundfile reads it
+    (`separator.inference.inputs.as_waveform`). Returns (stems, channels, time) float32 on the
+    CPU. Same code path as streaming: the whole tensor is pushed as a single block.
     """
+    mix = as_waveform(mix, "mix")
     if mix.dim() != 2:
         raise SeparatorError(f"expected a (channels, time) tensor, got shape {tuple(mix.shape)}")
     engine = StreamingEngine(
