@@ -55,6 +55,8 @@ ARGUMENT_FLAGS = {
     "batch_size": "--batch-size",
     "precision": "--precision",
     "clip": "--clip",
+    "resume=True": "--resume",
+    "output_dir": "output_dir=DIR",
 }
 
 
