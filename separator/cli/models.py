@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,28 +21,38 @@ app.add_typer(models_app, name="models")
 def models_list_cmd() -> None:
     """Table of every known model: architecture, stems, reported SDR, size, cached or not."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from separator.zoo import EnsembleCard, all_cards
     from separator.zoo.loader import is_cached
 
-    table = Table("name", "architecture", "stems", "reported SDR (dB)", "size", "cached")
+    # Names stay whole (they are copied into --model); the other columns wrap to fit.
+    table = Table(
+        Column("name", no_wrap=True),
+        Column("architecture", overflow="fold"),
+        Column("stems", overflow="fold"),
+        Column("reported SDR (dB)", overflow="fold"),
+        Column("size", no_wrap=True),
+        Column("cached", no_wrap=True),
+    )
     cards = all_cards()
     for name, card in cards.items():
         if isinstance(card, EnsembleCard):
             arch, size = f"ensemble ({card.method})", "-"
             members = [cards[m] for m in card.models if m in cards]
             union = dict.fromkeys(s for m in members for s in getattr(m, "stems", ()))
-            stems = ",".join(card.stem_models or union)
+            stems = ", ".join(card.stem_models or union)
             cached = "yes" if all(is_cached(m) for m in members) else "no"
         else:
-            arch, stems = card.architecture, ",".join(card.stems)
+            arch, stems = card.architecture, ", ".join(card.stems)
             n = card.weights.get("size")
             size = f"{n / 1e6:.0f} MB" if n else "?"
             local = card.weights.get("file") and card.weights_path is not None
             cached = "bundled" if local else ("yes" if is_cached(card) else "no")
         table.add_row(name, arch, stems, _sdr_text(card.sdr), size, cached)
-    Console(width=200).print(table)
+    # On a terminal: its width (cells wrap to fit). Piped: rows are never wrapped, so that grep
+    # finds a model's whole row.
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)
 
 
 def _sdr_text(sdr: dict) -> str:

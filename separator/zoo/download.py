@@ -78,18 +78,29 @@ def fetch(
             f"offline mode: {dest} is missing; download {url} by hand and save it as {dest}"
         )
     part = dest.with_name(dest.name + ".part")
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     _download(url, part, dest, progress)
     actual = sha256_file(part)
     if expected is None:
         _pin(url, actual, dest)
     elif actual != expected:
         part.unlink()
+        _remove_empty(made)
         raise SeparatorError(
             f"{url}: sha256 mismatch: expected {expected}, got {actual}; the download was "
             "deleted. Check the URL and hash in the model card"
         )
     os.replace(part, dest)  # atomic: dest only ever holds a verified file
     return dest
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download made (innermost first), if nothing else is there."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): leave it and its parents
+            break
 
 
 # --- download --------------------------------------------------------------------------------
