@@ -64,6 +64,8 @@ ARGUMENT_FLAGS = {
     "preset": "--mp3-preset",
     "residual": "--other-method",
     "stems": "--stems",
+    "resume=True": "--resume",
+    "output_dir": "output_dir=DIR",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -60,19 +61,29 @@ def _cached(card, cards) -> bool | str:
 
 def _print_table(rows: list[dict]) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("name", "architecture", "stems", "reported SDR (dB)", "size", "cached")
+    # Names stay whole (they are copied into --model); the other columns wrap to fit.
+    table = Table(
+        Column("name", no_wrap=True),
+        Column("architecture", overflow="fold"),
+        Column("stems", overflow="fold"),
+        Column("reported SDR (dB)", overflow="fold"),
+        Column("size", no_wrap=True),
+        Column("cached", no_wrap=True),
+    )
     for row in rows:
         n = row.get("size")
         size = f"{n / 1e6:.0f} MB" if n else ("-" if row["kind"] != "model" else "?")
         cached = row["cached"]
         state = cached if isinstance(cached, str) else ("yes" if cached else "no")
         table.add_row(
-            row["name"], row["architecture"], ",".join(row["stems"]), _sdr_text(row["sdr"]),
+            row["name"], row["architecture"], ", ".join(row["stems"]), _sdr_text(row["sdr"]),
             size, state,
         )  # fmt: skip
-    Console(width=200).print(table)
+    # On a terminal: its width (cells wrap to fit). Piped: rows are never wrapped, so that grep
+    # finds a model's whole row.
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)
 
 
 def _sdr_text(sdr: dict) -> str:

@@ -30,6 +30,7 @@ from separator.inference.engine import (
     check_model,
 )
 from separator.inference.outputs import TrackOutputs
+from separator.inference.inputs import as_waveform, check_sample_rate
 from separator.inference.pipeline import ModelPipeline, Progress
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
 from separator.inference.writers import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT, OutputSpec
@@ -82,24 +83,28 @@ class SeparatorBase:
         return resolve_stems(self.stems, stems, residual=residual)
 
     def separate_tensor(
-        self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
+        self,
+        wav: Tensor | np.ndarray,
+        sample_rate: int,
+        stems: str | Sequence[str] | None = None,
     ) -> dict[str, Tensor]:
-        """Separate a (channels, time) or (time,) waveform at `sample_rate`.
+        """Separate a (channels, time) or (time,) waveform at `sample_rate` (whole Hz).
 
+        `wav`: a torch tensor or numpy array; floats are taken as they are, integer PCM (int16,
+        int32, int8, uint8) is scaled to [-1, 1) as soundfile reads it (int16 / 32768, ...).
         Returns {stem: (channels, time)} float32 CPU tensors at `sample_rate`, same shape as `wav`
         ((time,) in, (time,) out). Same pipeline as `separate_file`, with one block.
         """
-        squeeze = wav.dim() == 1
-        x = wav.detach().float().cpu()
+        x = as_waveform(wav)
+        sample_rate = check_sample_rate(sample_rate)
+        squeeze = x.dim() == 1
         x = x[None] if squeeze else x
         if x.dim() != 2 or x.shape[-1] == 0:
             raise SeparatorError(
                 f"expected a non-empty (channels, time) tensor, got {tuple(wav.shape)}"
             )
-        if not torch.isfinite(x).all():
-            raise SeparatorError("input tensor contains NaN or infinite samples")
         plans = self._plans(stems)
-        pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
+        pipe = self._pipeline(sample_rate, x.shape[0], plans, where="tensor")
         parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         block = np.ascontiguousarray(x.numpy().T)
         pipe.run(iter([block]), lambda out: [parts[k].append(v) for k, v in out.items()])

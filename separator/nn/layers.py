@@ -68,7 +68,11 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (self.dim,), self.gamma, eps=_NORM_EPS / self.dim)
+        # Under autocast x arrives in bf16/fp16 while gamma stays float32: rms_norm has no fused
+        # kernel for mixed dtypes (it warns, "Mismatch dtype between input and weight", and takes
+        # a slower path). Normalising in gamma's dtype gives the same separation bit for bit
+        # (the next matmul casts down), and is a no-op in float32.
+        return F.rms_norm(x.to(self.gamma.dtype), (self.dim,), self.gamma, eps=_NORM_EPS / self.dim)
 
 
 class _Identity(nn.Module):

@@ -99,11 +99,13 @@ def fetch(
             f"{dest}"
         )
     failures = []
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     for u in urls:
         try:
             actual = _download_verified(u, dest, expected, progress)
         except SeparatorError as e:
             if len(urls) == 1:
+                _remove_empty(made)
                 raise
             failures.append(getattr(e, "short", str(e)))
             continue
@@ -112,6 +114,7 @@ def fetch(
         os.replace(dest.with_name(dest.name + ".part"), dest)  # atomic: dest is verified
         return dest
     hint = _OFFLINE_HINT.format(dest=dest).replace("that URL", "one of them")
+    _remove_empty(made)
     raise SeparatorError(
         f"all {len(urls)} URLs failed for {dest.name}: {'; '.join(failures)}; {hint}"
     )
@@ -135,6 +138,15 @@ def _download_verified(url: str, dest: Path, expected: str | None, progress: boo
         f"{url}: sha256 mismatch: expected {expected}, got {actual}; the download was "
         "deleted. Check the URL and hash in the model card"
     )
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download made (innermost first), if nothing else is there."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): leave it and its parents
+            break
 
 
 # --- download --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from separator.zoo.cards import (
     read_card,
 )
 from separator.zoo.catalog import all_cards, checkpoint_names
+from separator.zoo.checks import check_chunk_size, culprit_field
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
 from separator.zoo.mismatch import mismatch_message
@@ -52,10 +53,15 @@ def build_model(card: ModelCard) -> nn.Module:
             stems=card.stems,
             chunk_size=card.chunk_size,
         )
-    except ConfigError as e:
-        raise ConfigError(f"{card.where}: {e}") from None
-    except (TypeError, ValueError) as e:  # a value of the wrong type deep in a constructor
+    except (ConfigError, TypeError, ValueError) as e:  # TypeError etc.: deep in a constructor
         first = (str(e).splitlines() or [type(e).__name__])[0]
+        key = culprit_field(card.model, first)
+        if key is not None:
+            raise ConfigError(
+                f"{card.where}: bad `model.{key}` {card.model[key]!r} ({first})"
+            ) from None
+        if isinstance(e, ConfigError):
+            raise ConfigError(f"{card.where}: {e}") from None
         raise ConfigError(f"{card.where}: bad value in `model:` ({first})") from None
 
 
@@ -79,13 +85,23 @@ def load_card(
     """The model a card describes, with `checkpoint` (default: the card's weights) loaded.
 
     Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
-    `chunk_size` set.
+    `chunk_size` set, and `model_name` (the card's name, for messages).
     """
     path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
     model = build_model(card)
     fmt = get_family(card.architecture).checkpoint_format
-    load_weights(model, read_weights(path, fmt), source=path, config=card.path)
-    return model.to(device).eval()
+    try:
+        sd = read_weights(path, fmt)
+    except CheckpointError as e:
+        if checkpoint is not None:
+            raise
+        field = "weights.file" if card.weights_path is not None else "weights.url"
+        raise CheckpointError(f"{card.where}: `{field}`: {e}") from None
+    load_weights(model, sd, source=path, config=card.path)
+    model.model_name = card.name
+    model = model.to(device).eval()
+    check_chunk_size(model, card.where)
+    return model
 
 
 # --- where a card's weights are ----------------------------------------------------------------
@@ -113,7 +129,8 @@ def weights_file(card: ModelCard, *, offline: bool | None = None, progress: bool
     local = card.weights_path
     if local is not None:
         if not local.is_file():
-            raise SeparatorError(f"{card.where}: weights file {local} is missing")
+            problem = "is a folder" if local.is_dir() else "no such file"
+            raise SeparatorError(f"{card.where}: `weights.file` {local}: {problem}")
         sha = card.weights.get("sha256")
         if sha and sha256_file(local) != str(sha).strip().lower():
             raise SeparatorError(
