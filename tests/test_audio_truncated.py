@@ -59,6 +59,7 @@ def test_cli_shows_the_warning_and_succeeds(tmp_path, monkeypatch):
     monkeypatch.setattr(separator.inference.api, "load_model", lambda *a, **k: GainModel())
     cut = truncated_wav(tmp_path)
     with pytest.warns(TruncatedAudioWarning, match="cut.wav: truncated"):
-        code = separate_main([str(cut), "--model", "x.yaml", "-o", str(tmp_path / "o"), "-q"])
+        code = separate_main([str(cut), "--model", "x.yaml", "-o", str(tmp_path / "o"), "-q",
+                              "--filename", "{track}/{stem}.{ext}"])  # fmt: skip
     assert code == 0
     assert np.isclose(sf.info(tmp_path / "o" / "cut" / "vocals.wav").duration, 1.0)

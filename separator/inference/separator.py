@@ -29,8 +29,8 @@ from separator.inference.engine import (
     TTAModel,
     check_model,
 )
-from separator.inference.outputs import TrackOutputs
 from separator.inference.inputs import as_waveform, check_sample_rate
+from separator.inference.outputs import TrackOutputs
 from separator.inference.pipeline import ModelPipeline, Progress
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
 from separator.inference.writers import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT, OutputSpec

@@ -98,6 +98,12 @@ def fetch(
             f"offline mode: {dest} is missing; download {key}{mirrors} by hand and save it as "
             f"{dest}"
         )
+    return _download_any(urls, dest, expected, progress)
+
+
+def _download_any(urls: list[str], dest: Path, expected: str | None, progress: bool) -> Path:
+    """Download the first of `urls` that gives the expected bytes into `dest`; on failure, the
+    folders made for it are removed again and the error says what each URL did."""
     failures = []
     made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     for u in urls:
@@ -110,7 +116,7 @@ def fetch(
             failures.append(getattr(e, "short", str(e)))
             continue
         if expected is None:
-            _pin(key, actual, dest)
+            _pin(urls[0], actual, dest)
         os.replace(dest.with_name(dest.name + ".part"), dest)  # atomic: dest is verified
         return dest
     hint = _OFFLINE_HINT.format(dest=dest).replace("that URL", "one of them")
