@@ -34,7 +34,6 @@ from separator.nn.bsrnn import (
     BSRNN,
     BandLayout,
     CoreConfig,
-    ResidualRNN,
     SpecParams,
     WindowBuffer,
     activation,
@@ -44,6 +43,7 @@ from separator.nn.bsrnn import (
     vocal_layout,
 )
 from separator.nn.family import Family, msst_audio, set_io
+from separator.nn.recurrent import ResidualRNN
 
 _CPU = torch.device("cpu")
 # The STFT MSST's BandIt runs, whatever its config says (see the module docstring).
@@ -273,17 +273,20 @@ def build(
     )
 
 
+def _positive(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
 def msst_channels(config: Mapping[str, Any]) -> int:
     """MSST's `audio.num_channels` (2 if absent)."""
-    channels = (config.get("audio") or {}).get("num_channels", 2)
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ConfigError(f"audio.num_channels must be a positive integer, got {channels!r}")
-    return channels
+    return _positive((config.get("audio") or {}).get("num_channels", 2), "audio.num_channels")
 
 
 def pop_audio_channels(kwargs: dict[str, Any]) -> int:
     """Remove the card's `audio_channels` from the constructor arguments (2 if absent)."""
-    return msst_channels({"audio": {"num_channels": kwargs.pop("audio_channels", 2)}})
+    return _positive(kwargs.pop("audio_channels", 2), "model.audio_channels")
 
 
 def stems_from_msst(config: Mapping[str, Any], model_stems: Sequence[str]) -> list[str]:

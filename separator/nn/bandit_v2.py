@@ -31,15 +31,14 @@ from separator.nn.bandit import _from_dict, msst_channels, pop_audio_channels, s
 from separator.nn.bsrnn import (
     BSRNN,
     CoreConfig,
-    ResidualRNN,
     SpecParams,
-    Transpose,
     WindowBuffer,
     activation,
     musical_layout,
     separate,
 )
 from separator.nn.family import Family, msst_audio, set_io
+from separator.nn.recurrent import ResidualRNN, Transpose
 
 _CPU = torch.device("cpu")
 # torch window functions MSST's `torch.__dict__[window_fn]` can name (the values come from the

@@ -35,11 +35,11 @@ from torch import Tensor, nn
 from separator.errors import ConfigError
 from separator.nn.bands import BandGroups, _pad_halves
 from separator.nn.layers import WeightCache
+from separator.nn.recurrent import RNN_TYPES, ResidualRNN, run_seqband
 from separator.nn.stft import istft, stft
 
 # Index tables are built on the CPU even under `with torch.device("meta")` and move with the module.
 _CPU = torch.device("cpu")
-RNN_TYPES = {"RNN": nn.RNN, "GRU": nn.GRU, "LSTM": nn.LSTM}
 
 
 # --- band layouts --------------------------------------------------------------------------------
@@ -137,46 +137,6 @@ class WindowBuffer(nn.Module):
         self.register_buffer("window", window)
 
 
-class ResidualRNN(nn.Module):
-    """x + fc(RNN(LayerNorm(x))) along the first axis (MSST `ResidualRNN`).
-
-    forward: (seq, rows, d) -> (seq, rows, d). The RNN runs sequence-first (MSST's is batch-first;
-    the parameters are the same).
-    """
-
-    def __init__(self, emb_dim: int, rnn_dim: int, bidirectional: bool, rnn_type: str) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(emb_dim)
-        self.rnn = RNN_TYPES[rnn_type](emb_dim, rnn_dim, num_layers=1, bidirectional=bidirectional)
-        self.fc = nn.Linear(rnn_dim * (2 if bidirectional else 1), emb_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.rnn(self.norm(x))[0]
-        return self.fc(y).add_(x)
-
-
-class Transpose(nn.Module):
-    """Parameter-free placeholder for MSST v2's `Transpose(1, 2)` between RNNs (it only shifts
-    the state-dict indices: `seqband.0`, `.2`, `.4` …); the stack below does the transposing."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.transpose(1, 2)
-
-
-def run_seqband(rnns: Sequence[ResidualRNN], z: Tensor) -> Tensor:
-    """The time-frequency model: RNNs alternately across frames and across bands.
-
-    z: (t, r, k, d) -> (k, r, t, d). Each RNN sees its sequence axis first, so the native RNN
-    needs no transposes; between RNNs one permuted copy of the (small) embedding changes axes.
-    """
-    for rnn in rnns:
-        a, r, b, d = z.shape
-        z = rnn(z.reshape(a, r * b, d)).view(a, r, b, d).permute(2, 1, 0, 3).contiguous()
-    if len(rnns) % 2 == 0:  # still (t, r, k, d): the mask estimators want bands first
-        z = z.permute(2, 1, 0, 3).contiguous()
-    return z
-
-
 def activation(name: str, kwargs: dict | None) -> nn.Module:
     """MSST's `activation.__dict__[hidden_activation](**hidden_activation_kwargs)`."""
     cls = getattr(nn.modules.activation, str(name), None)
@@ -194,6 +154,7 @@ def activation(name: str, kwargs: dict | None) -> nn.Module:
 # Activations that act along an axis: applied to the batched (k, rows, n·h) hidden they would mix
 # stems or pick another axis than MSST's per-band (rows, h) call does.
 _AXIS_ACTIVATIONS = ("Softmax", "Softmin", "LogSoftmax", "Softmax2d", "GLU")
+_INPLACE_ACTIVATIONS = {nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_, nn.ReLU: torch.relu_}
 
 
 @dataclass(frozen=True)
@@ -425,6 +386,12 @@ class BSRNN(nn.Module):
             out.append((w1, b1[:, None], groups))
         return out
 
+    def _activate(self, h: Tensor) -> Tensor:
+        """The hidden activation, in place where torch has it (a fresh copy of this large tensor
+        costs page faults on the CPU)."""
+        inplace = _INPLACE_ACTIVATIONS.get(type(self._act))
+        return inplace(h) if inplace is not None else self._act(h)
+
     def _masks(self, q: Tensor) -> Tensor:
         """q: (k, r, t, d) -> masks (n, r·t, f·c) float32, summed over overlapping bands."""
         k, r, t, d = q.shape
@@ -438,7 +405,7 @@ class BSRNN(nn.Module):
         weights = self._cache.get(params, self._mask_weights)
         full = q.new_zeros(len(weights), rows, self.reim * self.layout.n_freq, dtype=torch.float32)
         for s, (w1, b1, groups) in enumerate(weights):  # a few stems, each all bands at once
-            h = self._act(torch.baddbmm(b1, q, w1))  # (k, rows, h)
+            h = self._activate(torch.baddbmm(b1, q, w1))  # (k, rows, h)
             outs = []
             for g, (w2, b2) in enumerate(groups):
                 sl = self._out_slices[g]
