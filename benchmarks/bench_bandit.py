@@ -55,7 +55,7 @@ DEPS = [  # versions this benchmark was run with
 ]
 
 # torchaudio 2.x `Spectrogram` / `InverseSpectrogram` (power=None), as far as BandIt uses them.
-TORCHAUDIO_SHIM = '''
+TORCHAUDIO_SHIM = """
 import torch
 from torch import nn
 
@@ -108,12 +108,12 @@ class InverseSpectrogram(_Transform):
                           window=self.window, center=self.center, normalized=frame_norm,
                           onesided=self.onesided, length=length, return_complex=False)
         return wav.reshape(shape[:-2] + wav.shape[-1:])
-'''
+"""
 SHIM_FUNCTIONAL = textwrap.dedent(
-    '''
+    """
     def melscale_fbanks(*args, **kwargs):
         raise NotImplementedError("torchaudio stand-in: mel band specs are not benchmarked")
-    '''
+    """
 )
 
 
@@ -128,7 +128,9 @@ def setup_reference(repo: str, workdir: Path) -> str:
     except subprocess.CalledProcessError:
         commit = git(repo, "rev-parse", "HEAD").decode().strip()
     ref = workdir / "msst"
-    with tarfile.open(fileobj=BytesIO(git(repo, "archive", commit, "models/bandit", "models/bandit_v2"))) as tar:
+    with tarfile.open(
+        fileobj=BytesIO(git(repo, "archive", commit, "models/bandit", "models/bandit_v2"))
+    ) as tar:
         tar.extractall(ref, filter="data")
     shim = workdir / "shim" / "torchaudio"
     (shim / "functional").mkdir(parents=True)
@@ -138,10 +140,22 @@ def setup_reference(repo: str, workdir: Path) -> str:
     (shim / "functional" / "functional.py").write_text(
         "def _create_triangular_filterbank(*args, **kwargs):\n    raise NotImplementedError\n"
     )
-    deps = Path(os.environ.get("BANDIT_BENCH_DEPS", Path.home() / ".cache/separator-bench/bandit-deps"))
+    deps = Path(
+        os.environ.get("BANDIT_BENCH_DEPS", Path.home() / ".cache/separator-bench/bandit-deps")
+    )
     if not (deps / "pytorch_lightning").is_dir():
         subprocess.check_call(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(deps), *DEPS]
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(deps),
+                *DEPS,
+            ]
         )
     sys.path[:0] = [str(ref), str(workdir / "shim"), str(deps)]
     # The package's __init__ imports MSST's training stack; register it without running it.
@@ -200,6 +214,23 @@ def profile(model, x: torch.Tensor, rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def dump_keys(repo: str, commit: str, path: Path) -> None:
+    """{config file name: {key: [shape, dtype]}} of MSST's models, gzipped JSON."""
+    import gzip
+    import json
+
+    out = {}
+    for name, (_, config_path) in CONFIGS.items():
+        reference, _, _ = build_pair(repo, commit, name)
+        out[Path(config_path).name] = {
+            k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
+            for k, v in reference.state_dict().items()
+        }
+    with gzip.open(path, "wt") as f:
+        json.dump({"msst_commit": commit, "configs": out}, f, indent=0, sort_keys=True)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["dnr_v1", "dnr_v2"], choices=CONFIGS)
@@ -207,6 +238,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--profile", action="store_true", help="profile one forward of each")
+    parser.add_argument(
+        "--dump-keys",
+        metavar="FILE.json.gz",
+        help="write the reference's state-dict keys, shapes and dtypes for every config (the "
+        "fixture tests/fixtures/msst_configs/msst_keys.json.gz) and exit",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,10 +252,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-bandit-") as tmp:
         commit = setup_reference(repo, Path(tmp))
         print(f"reference: MSST {commit[:7]} (exported from {repo})")
+        if args.dump_keys:
+            dump_keys(repo, commit, Path(args.dump_keys))
+            return
         for name in args.configs:
             reference, ours, card = build_pair(repo, commit, name)
             rate = card["sample_rate"]
-            x = torch.randn(1, 2, int(args.seconds * rate), generator=torch.Generator().manual_seed(1))
+            x = torch.randn(
+                1, 2, int(args.seconds * rate), generator=torch.Generator().manual_seed(1)
+            )
             with torch.inference_mode():
                 diff = (reference(x) - ours(x)).abs().max().item()  # also the warm-up
             if diff > 1e-4:

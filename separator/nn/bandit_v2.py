@@ -173,25 +173,8 @@ class _NormMLP(nn.Module):
         return self.combined(x)
 
 
-class BanditV2(BSRNN):
-    """BandIt v2 with MSST's parameter layout. Keyword arguments: an MSST `kwargs:` section.
-
-    forward: (b, s, time) -> (b, n, s, time), the input's length; audio channels are separated
-    independently (any count).
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        config = BanditV2Config.from_dict(kwargs)
-        layout = musical_layout(config.n_fft, config.fs, config.n_bands)
-        layout.check(require_no_gap=config.require_no_gap)
-        weights = bool(config.use_freq_weights)
-        super().__init__(config.core(), layout, store_weights=weights, apply_weights=weights)
-        self.config = config
-        self.stft = WindowBuffer(config.window())
-        self.istft = WindowBuffer(config.window())
-
-    def forward(self, audio: Tensor) -> Tensor:
-        return separate(self, audio, self.config.spec(), self.stft.window, self.istft.window)
+class BanditV2Core(BSRNN):
+    """MSST v2's band split, RNNs and mask estimators (top-level keys in its checkpoints)."""
 
     def _feature_index(self, start: int, end: int) -> Tensor:
         # MSST v2 lays a band out as (bin, re/im): the spectrum's own interleaved order.
@@ -218,6 +201,27 @@ class BanditV2(BSRNN):
         for _ in range(2 * cfg.n_sqm_modules):
             layers += [ResidualRNN(*args), Transpose()]
         return nn.Sequential(*layers)
+
+
+class BanditV2(BanditV2Core):
+    """BandIt v2 with MSST's parameter layout. Keyword arguments: an MSST `kwargs:` section.
+
+    forward: (b, s, time) -> (b, n, s, time), the input's length; audio channels are separated
+    independently (any count).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        config = BanditV2Config.from_dict(kwargs)
+        layout = musical_layout(config.n_fft, config.fs, config.n_bands)
+        layout.check(require_no_gap=config.require_no_gap)
+        weights = bool(config.use_freq_weights)
+        super().__init__(config.core(), layout, store_weights=weights, apply_weights=weights)
+        self.config = config
+        self.stft = WindowBuffer(config.window())
+        self.istft = WindowBuffer(config.window())
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return separate(self, audio, self.config.spec(), self.stft.window, self.istft.window)
 
 
 def build(

@@ -341,8 +341,7 @@ class BSRNN(nn.Module):
         q = run_seqband(self.rnns, self.band_split(feats))  # (k, r, t, d)
         masks = self._masks(q).view(len(self.cfg.stems), r, t, f, self.reim)  # (n, r, t, f, c)
         masks = torch.view_as_complex(masks) if self.reim == 2 else masks[..., 0]
-        out = torch.empty(r, masks.shape[0], f, t, dtype=torch.complex64, device=spec.device)
-        return torch.mul(spec.unsqueeze(1), masks.permute(1, 0, 3, 2), out=out)
+        return spec.unsqueeze(1) * masks.permute(1, 0, 3, 2)
 
     def _init_mask_groups(self) -> None:
         """Band groups of the mask outputs, and where each padded output slot lands."""
