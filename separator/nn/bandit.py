@@ -15,8 +15,8 @@ Quirks of the reference that its checkpoints depend on, reproduced here:
   features interleave real and imaginary parts per bin;
 - overlapping layouts ("musical") register the float64 `freq_weights/{k}` buffers whatever
   `use_freq_weights` says, and apply them only when it is true;
-- `cond_dim` widens the mask estimators of overlapping layouts by a block of ones; `normalize_input`
-  is stored and unused; a stem named "mne:+" gets no estimator.
+- `cond_dim` is accepted and unused (MSST's wrapper never hands it to the mask estimators),
+  `normalize_input` is stored and unused; a stem named "mne:+" gets no estimator.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class BanditConfig:
     n_sqm_modules: int = 12
     emb_dim: int = 128
     rnn_dim: int = 256
-    cond_dim: int = 0
+    cond_dim: int = 0  # never reaches MSST's mask estimators: accepted, no effect
     bidirectional: bool = True
     rnn_type: str = "LSTM"
     mlp_dim: int = 512
@@ -140,7 +140,6 @@ class BanditConfig:
         return layout
 
     def core(self) -> CoreConfig:
-        overlapping = self.band_specs not in _VOCAL_SPECS
         return CoreConfig(
             stems=self.mask_stems,
             emb_dim=self.emb_dim,
@@ -152,8 +151,6 @@ class BanditConfig:
             hidden_activation=self.hidden_activation,
             hidden_activation_kwargs=self.hidden_activation_kwargs,
             complex_mask=bool(self.complex_mask),
-            # Only the overlapping-band estimator takes the condition (MSST drops it otherwise).
-            cond_dim=self.cond_dim if overlapping else 0,
         )
 
     @classmethod

@@ -9,8 +9,9 @@ reproduced here:
   still through torchaudio, whose `normalized=True` divides by the window's L2 norm);
 - a band's input features interleave real and imaginary parts per bin (v1: all real, then all
   imaginary);
-- the band layout uses `fs` (class default 44100) and not `audio.sample_rate`: the real config
-  runs at 48 kHz with a layout computed for 44.1 kHz;
+- the band layout uses `fs` (class default 44100), not `audio.sample_rate`: the real config runs
+  at 48 kHz with a layout computed for 44.1 kHz. For musical bands that gives the same bins (the
+  layout scales with fs) unless fs / n_fft falls below 8.18 Hz (MIDI note 0);
 - `freq_weights/{k}` exist only with `use_freq_weights`; every mask-estimator tensor is also
   registered a second time under `combined` (MSST's Sequential of the same three modules), and
   the RNNs sit at even indices of `tf_model.seqband` (a `Transpose` follows each);
@@ -103,6 +104,11 @@ class BanditV2Config:
             )
         if self.power is not None:
             raise ConfigError("kwargs.power must be null: the model works on complex spectra")
+        if not self.center:
+            raise ConfigError(
+                "kwargs.center must be true: without centring the iSTFT cannot invert the "
+                "frame edges (MSST's forward fails there too)"
+            )
         if not self.onesided:
             raise ConfigError("kwargs.onesided must be true: the masks cover n_fft/2+1 bins")
         if self.window_fn not in _WINDOWS:
@@ -114,6 +120,7 @@ class BanditV2Config:
         if self.n_fft < 2 or self.spec().win_length > self.n_fft or self.spec().hop_length < 1:
             raise ConfigError("kwargs.n_fft / win_length / hop_length do not make an STFT")
         self.core()  # checks the shared fields
+        self.window()  # checks window_fn with wkwargs
 
     def spec(self) -> SpecParams:
         """torchaudio's defaults: win_length n_fft, hop_length win_length // 2."""
@@ -124,7 +131,11 @@ class BanditV2Config:
 
     def window(self) -> Tensor:
         fn = getattr(torch, self.window_fn)
-        return fn(self.spec().win_length, **(self.wkwargs or {}))
+        try:
+            return fn(self.spec().win_length, **(self.wkwargs or {}))
+        except TypeError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"kwargs.wkwargs do not fit {self.window_fn}: {first}") from None
 
     def core(self) -> CoreConfig:
         return CoreConfig(

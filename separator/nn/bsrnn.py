@@ -145,7 +145,8 @@ def activation(name: str, kwargs: dict | None) -> nn.Module:
     try:
         act = cls(**(kwargs or {}))
     except TypeError as e:
-        raise ConfigError(f"hidden_activation_kwargs for {name}: {e}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"hidden_activation_kwargs for {name}: {first}") from None
     if any(True for _ in act.parameters()):
         raise ConfigError(f"hidden_activation {name} has parameters; only parameter-free ones work")
     return act
@@ -171,14 +172,13 @@ class CoreConfig:
     hidden_activation: str
     hidden_activation_kwargs: dict | None
     complex_mask: bool
-    cond_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in ("emb_dim", "rnn_dim", "mlp_dim"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if int(self.n_sqm_modules) < 0 or int(self.cond_dim) < 0:
-            raise ConfigError("model.n_sqm_modules and model.cond_dim must be >= 0")
+        if int(self.n_sqm_modules) < 0:
+            raise ConfigError(f"model.n_sqm_modules must be >= 0, got {self.n_sqm_modules}")
         if self.rnn_type not in RNN_TYPES:
             raise ConfigError(f"model.rnn_type must be one of {sorted(RNN_TYPES)}")
         if self.hidden_activation in _AXIS_ACTIVATIONS:
@@ -290,7 +290,7 @@ class BSRNN(nn.Module):
         )
         self.tf_model = nn.Module()
         self.tf_model.seqband = self._seqband(cfg)
-        d_in = cfg.emb_dim + cfg.cond_dim
+        d_in = cfg.emb_dim
         self.mask_estim = nn.ModuleDict(
             {
                 stem: MaskEstimator(
@@ -396,8 +396,6 @@ class BSRNN(nn.Module):
         k, r, t, d = q.shape
         rows = r * t
         q = q.reshape(k, rows, d)
-        if self.cfg.cond_dim:  # MSST appends a block of ones when no condition is given
-            q = torch.cat([q, q.new_ones(k, rows, self.cfg.cond_dim)], dim=-1)
         eps = self._mask_parts(next(iter(self.mask_estim.values())).norm_mlp[0])[0].eps
         q = F.layer_norm(q, (q.shape[-1],), eps=eps)  # the gains are in the weights
         params = list(self.mask_estim.parameters()) + list(self.mask_estim.buffers())
