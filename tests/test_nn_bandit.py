@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from separator.checkpoints import parse_yaml
 from separator.errors import ConfigError
-from separator.nn import bandit, bandit_v2
+from separator.nn import bandit, bandit_v2, recurrent
 from separator.nn.bandit import BanditCore
 from separator.nn.bandit_v2 import BanditV2Core
 from separator.nn.bsrnn import BandLayout, CoreConfig, card_stems, musical_layout, vocal_layout
@@ -348,7 +348,9 @@ def test_batched_band_modules_equal_per_band_loop(widths, steps, v2, complex_mas
 
 @pytest.mark.parametrize("rnn_type", ["GRU", "LSTM", "RNN"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_fused_rnn_equals_torch_rnn(rnn_type, bidirectional):
+@pytest.mark.parametrize("block", [4096, 9])  # 9 rows: input projections in blocks of 2 steps
+def test_fused_rnn_equals_torch_rnn(rnn_type, bidirectional, block, monkeypatch):
+    monkeypatch.setattr(recurrent, "_BLOCK", block)
     torch.manual_seed(1)
     layer = ResidualRNN(6, 5, bidirectional, rnn_type)
     with torch.no_grad():

@@ -1,15 +1,19 @@
 """The band-split RNN's time-frequency model: residual RNNs over frames, then over bands, ...
 
 Parameters are MSST's (`ResidualRNN`: `norm`, `rnn`, `fc`; MSST ccc011a
-`models/bandit/core/model/bsrnn/tfmodel.py`, `models/bandit_v2/tfmodel.py`). Training and GPUs run
-torch's own RNN (cuDNN there). CPU inference runs the same recurrence as a loop of fused steps
-instead, for two reasons measured on this project's CPU (see benchmarks/README.md):
-- the input projections of both directions are one matmul, with the LayerNorm's gain and bias
-  folded in, and every step writes its output into place: torch's RNN allocates ~20 bytes per
-  row, step and hidden unit afresh in each layer (projections, per-direction stacks, the final
-  concatenation), and page faults on those fresh large tensors cost as much as a third of its time;
-- those two buffers are allocated once per forward and reused by every layer (the time and band
-  stages hold the same number of rows × steps).
+`models/bandit/core/model/bsrnn/tfmodel.py`, `models/bandit_v2/tfmodel.py`). Training and GPUs
+run torch's own RNN (cuDNN there). CPU inference runs the same recurrence as a loop of fused
+steps instead, because on the CPU torch's RNN spends much of its time on memory rather than
+arithmetic: per layer it allocates afresh the input projections of every step (12 bytes per
+row, step, hidden unit and direction for a GRU), a stack of the outputs per direction and their
+concatenation, and page faults on those fresh large tensors cost about as much as the matmuls
+that fill them (see benchmarks/README.md). Here
+- the LayerNorm's gain and bias are folded into the input projection;
+- the input projections are made a block of steps at a time, just before the steps use them,
+  into one small buffer (torch's RNN makes them for the whole sequence at once: 0.3 GB per
+  direction and layer for one 8 s stereo chunk of the v2 config);
+- each step writes its output in place, and the few large buffers are allocated once per
+  forward and reused by every layer (the time and band stages hold as many rows × steps).
 The results equal torch's RNN to float32 rounding (tests/test_nn_bandit.py).
 
 Axis legend: s sequence step, n rows (independent sequences), d embedding, h hidden units,
@@ -75,41 +79,51 @@ class ResidualRNN(nn.Module):
         steps, rows, d = x.shape
         w_in, w_fc, b_fc, *per_dir = self._cache.get(list(self.parameters()), self._fused_weights)
         h, dirs = self.rnn.hidden_size, 1 + self.rnn.bidirectional
+        width = w_in.shape[1] // dirs  # g·h
         x2 = x.reshape(steps * rows, d)
-        gi = ws.take("gates", (steps * rows, w_in.shape[1]))
-        for i in range(0, steps * rows, _BLOCK):  # the normalised input in small blocks
-            xn = F.layer_norm(x2[i : i + _BLOCK], (d,), eps=self.norm.eps)
-            torch.mm(xn, w_in, out=gi[i : i + _BLOCK])
-        gi = gi.view(steps, rows, dirs, -1)
+        xn = ws.take("norm", (steps * rows, d))
+        for i in range(0, steps * rows, _BLOCK):  # small blocks stay in reused heap memory
+            xn[i : i + _BLOCK] = F.layer_norm(x2[i : i + _BLOCK], (d,), eps=self.norm.eps)
+        xn = xn.view(steps, rows, d)
         out = ws.take("out", (steps, rows, dirs * h))
         step_fn = {"GRU": _gru_steps, "LSTM": _lstm_steps, "RNN": _tanh_steps}[self.rnn_type]
+        span = max(1, _BLOCK // rows)  # steps per block of input projections
         for z in range(dirs):
-            order = range(steps) if z == 0 else range(steps - 1, -1, -1)
-            w_hh, b_step, b_extra = per_dir[3 * z : 3 * z + 3]
-            step_fn(gi[:, :, z], out[..., z * h : (z + 1) * h], order, w_hh, b_step, b_extra)
+            w_z, out_z = w_in[:, z * width : (z + 1) * width], out[..., z * h : (z + 1) * h]
+            starts = list(range(0, steps, span))
+            state = None
+            for s0 in starts if z == 0 else starts[::-1]:
+                s1 = min(s0 + span, steps)
+                gi = ws.take("gates", ((s1 - s0) * rows, width))
+                torch.mm(xn[s0:s1].reshape(-1, d), w_z, out=gi)
+                order = range(s1 - s0) if z == 0 else range(s1 - s0 - 1, -1, -1)
+                gi = gi.view(s1 - s0, rows, width)
+                state = step_fn(gi, out_z[s0:s1], order, *per_dir[3 * z : 3 * z + 3], state)
         y = ws.take("z", (steps * rows, d))
         torch.addmm(b_fc, out.view(steps * rows, -1), w_fc, out=y)
         return y.add_(x2).view(steps, rows, d)
 
 
-def _gru_steps(gi, out, order, w_hh, b_step, b_in) -> None:
+def _gru_steps(gi, out, order, w_hh, b_step, b_in, h):
     """torch's GRU: r, z = σ(x·W_i + h·W_h + b), n = tanh(x·W_in + b_in + r ⊙ (h·W_hn + b_hn)),
-    h' = (1 − z) ⊙ n + z ⊙ h = lerp(n, h, z)."""
+    h' = (1 − z) ⊙ n + z ⊙ h = lerp(n, h, z). gi: (steps, n, 3h) -> out (steps, n, h)."""
     hid = out.shape[-1]
-    h = out.new_zeros(out.shape[1:])
+    h = out.new_zeros(out.shape[1:]) if h is None else h
     for i in order:
         g = gi[i]
         gh = torch.addmm(b_step, h, w_hh)
         rz = gh[:, : 2 * hid].add_(g[:, : 2 * hid]).sigmoid_()
         n = torch.addcmul(g[:, 2 * hid :], rz[:, :hid], gh[:, 2 * hid :]).add_(b_in).tanh_()
         h = torch.lerp(n, h, rz[:, hid:], out=out[i])
+    return h
 
 
-def _lstm_steps(gi, out, order, w_hh, b_step, _unused) -> None:
+def _lstm_steps(gi, out, order, w_hh, b_step, _unused, state):
     """torch's LSTM: gates i, f, g, o; c' = σf ⊙ c + σi ⊙ tanh g, h' = σo ⊙ tanh c'."""
     hid = out.shape[-1]
-    h = out.new_zeros(out.shape[1:])
-    c = out.new_zeros(out.shape[1:])
+    if state is None:
+        state = out.new_zeros(out.shape[1:]), out.new_zeros(out.shape[1:])
+    h, c = state
     for i in order:
         gates = torch.addmm(b_step, h, w_hh).add_(gi[i])
         gates[:, : 2 * hid].sigmoid_()
@@ -117,13 +131,15 @@ def _lstm_steps(gi, out, order, w_hh, b_step, _unused) -> None:
         cell = gates[:, 2 * hid : 3 * hid].tanh_()
         c = c.mul_(gates[:, hid : 2 * hid]).addcmul_(gates[:, :hid], cell)
         h = torch.mul(gates[:, 3 * hid :], torch.tanh(c), out=out[i])
+    return h, c
 
 
-def _tanh_steps(gi, out, order, w_hh, b_step, _unused) -> None:
+def _tanh_steps(gi, out, order, w_hh, b_step, _unused, h):
     """torch's RNN (tanh): h' = tanh(x·W_i + h·W_h + b)."""
-    h = out.new_zeros(out.shape[1:])
+    h = out.new_zeros(out.shape[1:]) if h is None else h
     for i in order:
         h = torch.add(torch.addmm(b_step, h, w_hh), gi[i], out=out[i]).tanh_()
+    return h
 
 
 def fused_applies(x: Tensor) -> bool:
