@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from separator.nn.layers import WeightCache
 
 RNN_TYPES = {"RNN": nn.RNN, "GRU": nn.GRU, "LSTM": nn.LSTM}
+_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 # Rows per block when normalising the RNN input: small enough to stay in reused heap memory.
 _BLOCK = 4096
 
@@ -59,19 +60,24 @@ class ResidualRNN(nn.Module):
         the input part (GRU: b_in; the LayerNorm's bias projected is in these biases)]."""
         rnn, ln = self.rnn, self.norm
         sfx = ["_l0", "_l0_reverse"][: 2 if rnn.bidirectional else 1]
-        w_ih = [getattr(rnn, f"weight_ih{s}") for s in sfx]
+        h = rnn.hidden_size
+        # GRU: the candidate gate's pre-activation is doubled, so that tanh(a) = 2σ(2a) − 1 can
+        # be taken with torch's sigmoid, three times cheaper than its tanh on this CPU.
+        scale = torch.ones(_GATES[self.rnn_type] * h, device=ln.weight.device)
+        if self.rnn_type == "GRU":
+            scale[2 * h :] = 2.0
+        w_ih = [getattr(rnn, f"weight_ih{s}") * scale[:, None] for s in sfx]
         out = [torch.cat([w * ln.weight for w in w_ih]).t().contiguous()]
         out += [self.fc.weight.t(), self.fc.bias]
-        h = rnn.hidden_size
         for s, w in zip(sfx, w_ih):
-            b_x = getattr(rnn, f"bias_ih{s}") + w @ ln.bias
-            b_h = getattr(rnn, f"bias_hh{s}")
+            b_x = getattr(rnn, f"bias_ih{s}") * scale + w @ ln.bias
+            b_h = getattr(rnn, f"bias_hh{s}") * scale
             if self.rnn_type == "GRU":  # b_hn stays inside r ⊙ (W_hn h + b_hn); b_in outside
                 step = torch.cat([b_x[: 2 * h] + b_h[: 2 * h], b_h[2 * h :]])
                 extra = b_x[2 * h :]
             else:
                 step, extra = b_x + b_h, b_x[:0]
-            out += [getattr(rnn, f"weight_hh{s}").t(), step, extra]
+            out += [(getattr(rnn, f"weight_hh{s}") * scale[:, None]).t(), step, extra]
         return out
 
     def fused(self, x: Tensor, ws: Workspace) -> Tensor:
@@ -106,15 +112,16 @@ class ResidualRNN(nn.Module):
 
 def _gru_steps(gi, out, order, w_hh, b_step, b_in, h):
     """torch's GRU: r, z = σ(x·W_i + h·W_h + b), n = tanh(x·W_in + b_in + r ⊙ (h·W_hn + b_hn)),
-    h' = (1 − z) ⊙ n + z ⊙ h = lerp(n, h, z). gi: (steps, n, 3h) -> out (steps, n, h)."""
+    h' = (1 − z) ⊙ n + z ⊙ h = lerp(n, h, z). gi: (steps, n, 3h) -> out (steps, n, h).
+    The n-gate inputs arrive doubled (see `_fused_weights`): n = 2σ(2a) − 1."""
     hid = out.shape[-1]
     h = out.new_zeros(out.shape[1:]) if h is None else h
     for i in order:
         g = gi[i]
         gh = torch.addmm(b_step, h, w_hh)
         rz = gh[:, : 2 * hid].add_(g[:, : 2 * hid]).sigmoid_()
-        n = torch.addcmul(g[:, 2 * hid :], rz[:, :hid], gh[:, 2 * hid :]).add_(b_in).tanh_()
-        h = torch.lerp(n, h, rz[:, hid:], out=out[i])
+        n = torch.addcmul(g[:, 2 * hid :], rz[:, :hid], gh[:, 2 * hid :]).add_(b_in).sigmoid_()
+        h = torch.lerp(n.mul_(2.0).sub_(1.0), h, rz[:, hid:], out=out[i])
     return h
 
 
