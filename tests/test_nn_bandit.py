@@ -236,7 +236,7 @@ def small(family: str, **extra):
 
 
 @pytest.mark.parametrize("family", ["bandit", "bandit_v2"])
-@pytest.mark.parametrize("channels, length", [(1, 3001), (2, 4096), (3, 2500)])
+@pytest.mark.parametrize("channels, length", [(1, 3001), (3, 2500)])
 def test_forward_keeps_length_stems_and_separates_channels_independently(family, channels, length):
     model = small(family, stems=["vocals"])
     x = torch.randn(2, channels, length)
