@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.nn import apollo, bs_roformer, demucs, mdx23c, mel_roformer, scnet
+from separator.nn import apollo, bandit, bandit_v2, bs_roformer, demucs, mdx23c, mel_roformer, scnet
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
@@ -21,6 +21,8 @@ _BUILTIN: tuple[Family, ...] = (
     scnet.SCNET_TRAN,
     mdx23c.FAMILY,
     apollo.FAMILY,
+    bandit.FAMILY,
+    bandit_v2.FAMILY,
     *demucs.FAMILIES,
 )
 
