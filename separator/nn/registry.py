@@ -52,9 +52,7 @@ def infer_msst_family(model: Mapping[str, Any]) -> Family:
     MSST YAMLs carry no model type (MSST takes it on its command line); where no single family
     matches best, the error lists the types to choose from.
     """
-    scores = {
-        f.name: f.msst_match(model) for f in FAMILIES.values() if f.msst_match is not None
-    }
+    scores = {f.name: f.msst_match(model) for f in FAMILIES.values() if f.msst_match is not None}
     best = max(scores.values(), default=0)
     found = [name for name, score in scores.items() if score == best and score > 0]
     if len(found) == 1:
