@@ -10,12 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.nn import bs_roformer, mel_roformer
+from separator.nn import bs_roformer, experimental, mel_roformer
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
     bs_roformer.FAMILY,
     mel_roformer.FAMILY,
+    experimental.BS_FAMILY,
+    experimental.MEL_FAMILY,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _BUILTIN}

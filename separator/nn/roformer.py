@@ -186,7 +186,7 @@ class RoformerBase(nn.Module):
         with torch.autocast(spec.device.type, enabled=False):
             m = torch.view_as_complex(masks.float())  # (b, t, n, f, s)
             out = m.permute(0, 2, 4, 3, 1) * spec.unsqueeze(1)  # (b, n, s, f, t)
-            if self.config.zero_dc:
+            if getattr(self.config, "zero_dc", False):  # experimental RoFormers have none
                 out[:, :, :, 0] = 0
         return istft(out, **self._stft_args(), length=length)
 
