@@ -240,9 +240,10 @@ class _ConformerOptions:
 
     _refused: ClassVar[dict[str, str]] = {
         "conv_dropout": (
-            "belongs to MSST's standalone models/mel_band_conformer.py (lucidrains' conformer "
-            "layout), which get_model_from_config never builds for mel_band_conformer at "
-            "ccc011a; its checkpoints do not fit MSST's reachable MelBandConformer"
+            "MSST's band Conformers take no conv_dropout; the key belongs to the standalone "
+            "models/mel_band_conformer.py (lucidrains' conformer layout), which MSST ccc011a "
+            "never builds (get_model_from_config picks models.bs_roformer's class first), and "
+            "its checkpoints do not fit this layout"
         ),
     }
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.nn import bs_roformer, experimental, mel_roformer
+from separator.nn import bs_roformer, conformer, experimental, mel_roformer
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
@@ -18,6 +18,8 @@ _BUILTIN: tuple[Family, ...] = (
     mel_roformer.FAMILY,
     experimental.BS_FAMILY,
     experimental.MEL_FAMILY,
+    conformer.BS_FAMILY,
+    conformer.MEL_FAMILY,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _BUILTIN}
