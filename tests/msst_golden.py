@@ -20,7 +20,7 @@ def case_paths(family: str) -> list[Path]:
 
 
 def build_from_case(path: Path, family: str):
-    """(case, model) with the model built as a card from the stored YAML, weights loaded strictly."""
+    """(case, model): the model built as a card from the stored YAML, weights loaded strictly."""
     case = load_case(path)
     fam = get_family(family)
     card = fam.from_msst(case.config)

@@ -71,7 +71,8 @@ class HyperConnection(nn.Module):
         self.branch = branch
         self.norm = _OffsetRMSNorm(dim)
         alpha0 = torch.zeros(streams, 1)
-        alpha0[int(torch.randint(streams, ())), 0] = 1.0  # the package picks a random stream
+        # The package reads the branch input from a random stream (no layer index given).
+        alpha0[int(torch.randint(streams, (), device="cpu")), 0] = 1.0
         self.static_alpha = nn.Parameter(torch.cat([alpha0, torch.eye(streams)], dim=1))
         self.dynamic_alpha_fn = nn.Parameter(torch.zeros(dim, streams + 1))
         self.dynamic_alpha_scale = nn.Parameter(torch.tensor(1e-2))
