@@ -56,7 +56,7 @@ def test_polar_attention_matches_pope_definition():
         embed.bias.uniform_(-8.0, 1.0)  # both ends of the clamp
         embed.inv_freqs.mul_(torch.rand(d) + 0.5)
     q, k, v = (torch.randn(b, n, h, d) for _ in range(3))
-    ours = polar_attention(q, k, v, embed.rotation(n), d**-0.5)
+    ours = polar_attention(torch.stack([q, k], 2), v, embed.rotation(n), d**-0.5)
     ref = pope_reference(*(t.transpose(1, 2) for t in (q, k, v)), embed.inv_freqs, embed.bias)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 

@@ -102,15 +102,14 @@ class RotaryEmbedding(nn.Module):
 
 
 class PolarAngles(NamedTuple):
-    """PoPE phases of one forward: cos/sin for queries (seq, d) and keys (heads, seq, d)."""
+    """PoPE factors of one forward: [cos, sin] of the query phases, (seq, 1, 2, d), and of the
+    key phases, (seq, heads, 2, d)."""
 
-    q_cos: Tensor
-    q_sin: Tensor
-    k_cos: Tensor
-    k_sin: Tensor
+    q: Tensor
+    k: Tensor
 
     def to(self, device: torch.device) -> PolarAngles:
-        return PolarAngles(*(t.to(device) for t in self))
+        return PolarAngles(self.q.to(device), self.k.to(device))
 
 
 class PolarEmbedding(nn.Module):
@@ -134,28 +133,30 @@ class PolarEmbedding(nn.Module):
         """Phases of `seq_len` positions, float32 (PoPE-pytorch computes them outside autocast)."""
         inv = self.inv_freqs.float()
         phase = torch.outer(torch.arange(seq_len, device=inv.device, dtype=inv.dtype), inv)
-        k_phase = phase + self.bias.float().clamp(-2.0 * math.pi, 0.0).unsqueeze(1)
-        return PolarAngles(phase.cos(), phase.sin(), k_phase.cos(), k_phase.sin())
+        k_phase = phase + self.bias.float().clamp(-2.0 * math.pi, 0.0).unsqueeze(1)  # (h, n, d)
+        q = torch.stack([phase.cos(), phase.sin()], dim=1).unsqueeze(1)
+        k = torch.stack([k_phase.cos(), k_phase.sin()], dim=2).transpose(0, 1)
+        return PolarAngles(q, k)
 
 
-def polar_attention(q: Tensor, k: Tensor, v: Tensor, angles: PolarAngles, scale: float) -> Tensor:
+def polar_attention(qk: Tensor, v: Tensor, angles: PolarAngles, scale: float) -> Tensor:
     """Attention with PoPE positions, as PoPE-pytorch's non-fused `flash_attn_with_pope`.
 
-    q, k, v: (batch, seq, heads, d). Returns (batch, heads, seq, d).
-    Magnitudes softplus(q), softplus(k) are expanded to 2·d features [m·cos | m·sin] (PoPE-pytorch
-    interleaves them; the dot product is the same sum). The scale is the model's d^-0.5, not
-    (2d)^-0.5. v is zero-padded to 2·d so that the CPU's flash kernel serves equal head sizes (the
-    reference's unequal sizes fall back to the math kernel); the padding is dropped after.
+    qk: (batch, seq, 2, heads, d) queries and keys; v: (batch, seq, heads, d).
+    Returns (batch, heads, seq, d).
+    Magnitudes softplus(q), softplus(k) are expanded to 2·d features [m·cos | m·sin] by one
+    broadcast multiply (PoPE-pytorch interleaves them; the dot product is the same sum). The scale
+    is the model's d^-0.5, not (2d)^-0.5. v is zero-padded to 2·d so that the CPU's flash kernel
+    serves equal head sizes (the reference's unequal sizes fall back to the math kernel, about 2×
+    slower); the padding is dropped after.
     """
-    d = q.shape[-1]
-    with torch.autocast(q.device.type, enabled=False):
-        mq, mk = F.softplus(q.float()), F.softplus(k.float())
-        qc = torch.cat([mq * angles.q_cos[:, None], mq * angles.q_sin[:, None]], dim=-1)
-        kc = torch.cat([mk * angles.k_cos.transpose(0, 1), mk * angles.k_sin.transpose(0, 1)], -1)
-    qc, kc = qc.to(v.dtype), kc.to(v.dtype)
-    vp = F.pad(v, (0, d))
+    d = qk.shape[-1]
+    with torch.autocast(qk.device.type, enabled=False):
+        m = F.softplus(qk.float()).unsqueeze(-2)  # (b, n, 2, h, 1, d)
+        qc = (m[:, :, 0] * angles.q).flatten(-2).to(v.dtype)  # (b, n, h, 2d)
+        kc = (m[:, :, 1] * angles.k).flatten(-2).to(v.dtype)
     out = F.scaled_dot_product_attention(
-        qc.transpose(1, 2), kc.transpose(1, 2), vp.transpose(1, 2), scale=scale
+        qc.transpose(1, 2), kc.transpose(1, 2), F.pad(v, (0, d)).transpose(1, 2), scale=scale
     )
     return out[..., :d]
 
@@ -235,7 +236,7 @@ class Attention(nn.Module):
             v = torch.lerp(v, value_residual, mix.unsqueeze(-1))
         if self.pope_embed is not None:
             # PoPE-pytorch's path applies no attention dropout (MSST passes none).
-            out = polar_attention(qkv[:, :, 0], qkv[:, :, 1], v, rotation, d**-0.5)
+            out = polar_attention(qkv[:, :, :2], v, rotation, d**-0.5)
         else:
             if rotation is not None:
                 qk = apply_rotary(qkv[:, :, :2], rotation).to(qkv.dtype)

@@ -4,7 +4,9 @@ Axis legend used in shapes:
     b batch, s audio channel, n stem, f STFT bin, t STFT frame, k band, d feature, c real/imag.
 
 Subclasses define the band layout: which spectrum features feed each band (`feature_index`) and
-how the per-band mask features are put back onto the spectrum (`_assemble_masks`).
+how the per-band mask features are put back onto the spectrum (`_assemble_masks`). MSST's
+variants (`experimental.py`, `conformer.py`) replace the per-axis stacks (`_block`) and, for the
+value-residual streams, the trunk (`_trunk`).
 """
 
 from __future__ import annotations
