@@ -7,8 +7,8 @@ MSST (ccc011a, else HEAD) is exported from the mirror at run time (see `msst_ref
 its dependencies). Each case builds MSST's class from a real MSST config (tests/fixtures/
 msst_configs) with the options it names switched on, copies its weights (perturbed by N(0, 0.02)
 so that zero-initialised gates and streams do something) into ours with `strict=True`, checks
-that the outputs agree, then times `forward` under `torch.inference_mode`, the two models
-interleaved, median of `--repeats` after a warm-up, one process.
+that the outputs agree (which also warms both up), then times `forward` under
+`torch.inference_mode`, the two models interleaved, median of `--repeats`, one process.
 """
 
 from __future__ import annotations
@@ -100,8 +100,7 @@ def max_difference(ours, ref, x) -> float:
 
 def interleaved_times(ours, ref, x, repeats: int) -> tuple[float, float]:
     times = {"ours": [], "ref": []}
-    with torch.inference_mode():
-        ours(x), ref(x)  # warm-up
+    with torch.inference_mode():  # warmed up by `max_difference`
         for i in range(repeats):
             order = (("ref", ref), ("ours", ours)) if i % 2 else (("ours", ours), ("ref", ref))
             for name, model in order:

@@ -120,7 +120,7 @@ class MacaronFeedForward(nn.Module):
         self.ff = FeedForward(dim, mult=mult, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.add(x, self.ff.plain(x), alpha=0.5)
+        return self.ff(x, scale=0.5)
 
 
 class ConformerBlock(nn.Module):

@@ -334,16 +334,21 @@ class FeedForward(nn.Module):
             return F.dropout(F.gelu(hidden), self.dropout, self.training)
         return torch.ops.aten.gelu_(hidden)  # inference: in place, sparing an allocation
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x + feed_forward(x): (batch, seq, dim) -> (batch, seq, dim)."""
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        """x + scale·feed_forward(x): (batch, seq, dim) -> (batch, seq, dim).
+
+        scale: ½ in the conformers' macaron blocks."""
         if self.training and self.dropout > 0:  # the output dropout must not touch the residual
-            return x + self.plain(x)
+            return torch.add(x, self.plain(x), alpha=scale)
         hidden = self._hidden(x)
         shape = x.shape
         out = torch.addmm(
-            x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1]), self.net[4].weight.t()
+            x.reshape(-1, shape[-1]),
+            hidden.reshape(-1, hidden.shape[-1]),
+            self.net[4].weight.t(),
+            alpha=scale,
         )
-        return out.add_(self.net[4].bias).view(shape)
+        return out.add_(self.net[4].bias, alpha=scale).view(shape)
 
     def plain(self, x: Tensor) -> Tensor:
         """feed_forward(x) without the residual."""
