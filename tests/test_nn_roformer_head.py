@@ -88,3 +88,16 @@ def test_zero_dc_option_changes_the_output():
 def test_registry_has_the_new_families():
     new = {"bs_roformer_experimental", "mel_band_roformer_experimental"}
     assert new | {"bs_conformer", "mel_band_conformer"} <= set(FAMILIES)
+
+
+def test_training_dropout_acts_on_the_branch_only():
+    """MSST: x + Dropout(to_out(...)) and x + Dropout(Linear(...)); the residual is never
+    dropped (an output exactly 0 where the input is not would mean it was)."""
+    from separator.nn.layers import Attention, FeedForward
+
+    x = torch.randn(4, 9, 16) + 3.0
+    for block in (Attention(16, heads=2, dim_head=8, dropout=0.5), FeedForward(16, dropout=0.5)):
+        block.train()
+        out = block(x) if isinstance(block, FeedForward) else block(x, None)
+        assert (out == 0).float().mean() < 0.01
+        assert ((out - x) == 0).float().mean() > 0.3  # about half the branch outputs dropped

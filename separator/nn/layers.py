@@ -251,7 +251,7 @@ class Attention(nn.Module):
             )
         gates = torch.sigmoid(proj[..., 3 * h * d : 3 * h * d + h] + bias[:h])  # (b, n, h)
         out = out.transpose(1, 2) * gates.unsqueeze(-1)  # (b, n, h, d)
-        return F.dropout(out.reshape(b * n, h * d), self.dropout, self.training), values
+        return out.reshape(b * n, h * d), values
 
     def forward(self, x: Tensor, rotation: Any = None) -> Tensor:
         """x + attention(x): (batch, seq, dim) -> (batch, seq, dim). The residual is included.
@@ -259,6 +259,8 @@ class Attention(nn.Module):
         rotation: from the positional embedding's `rotation(seq)` (complex RoPE rotations or
         `PolarAngles`), or None for no positions.
         """
+        if self.training and self.dropout > 0:  # the output dropout must not touch the residual
+            return x + self.plain(x, rotation)[0]
         b, n, dim = x.shape
         out, _ = self._heads(x, rotation, None)
         # Residual add fused into the output matmul (addmm's beta=1 accumulation).
@@ -271,7 +273,8 @@ class Attention(nn.Module):
         that later layers mix in (MSST's experimental `Attention.forward` returns the same)."""
         b, n, dim = x.shape
         out, values = self._heads(x, rotation, value_residual)
-        return F.linear(out, self.to_out[0].weight).view(b, n, dim), values
+        out = F.dropout(F.linear(out, self.to_out[0].weight), self.dropout, self.training)
+        return out.view(b, n, dim), values
 
 
 class LinearAttention(nn.Module):
