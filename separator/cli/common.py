@@ -65,6 +65,9 @@ ARGUMENT_FLAGS = {
     "residual": "--other-method",
     "shifts": "--shifts",
     "segment": "--segment",
+    "stems": "--stems",
+    "resume=True": "--resume",
+    "output_dir": "output_dir=DIR",
 }
 
 

@@ -25,8 +25,17 @@ from torch import Tensor, nn
 from separator.errors import CheckpointError, ConfigError, SeparatorError
 from separator.files import check_name, read_yaml, sha256_file
 from separator.nn import get_family
-from separator.zoo.cards import Card, EnsembleCard, ModelCard, read_any_card, read_card
-from separator.zoo.catalog import all_cards
+from separator.zoo.cards import (
+    Card,
+    ChainCard,
+    EnsembleCard,
+    ModelCard,
+    entry_urls,
+    read_any_card,
+    read_card,
+)
+from separator.zoo.catalog import all_cards, checkpoint_names
+from separator.zoo.checks import check_chunk_size, culprit_field
 from separator.zoo.demucs import card_from_bag, card_from_package, is_bag, load_demucs_card
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
@@ -48,10 +57,15 @@ def build_model(card: ModelCard) -> nn.Module:
         )
         module.pipeline = card.spec
         return module
-    except ConfigError as e:
-        raise ConfigError(f"{card.where}: {e}") from None
-    except (TypeError, ValueError) as e:  # a value of the wrong type deep in a constructor
+    except (ConfigError, TypeError, ValueError) as e:  # TypeError etc.: deep in a constructor
         first = (str(e).splitlines() or [type(e).__name__])[0]
+        key = culprit_field(card.model, first)
+        if key is not None:
+            raise ConfigError(
+                f"{card.where}: bad `model.{key}` {card.model[key]!r} ({first})"
+            ) from None
+        if isinstance(e, ConfigError):
+            raise ConfigError(f"{card.where}: {e}") from None
         raise ConfigError(f"{card.where}: bad value in `model:` ({first})") from None
 
 
@@ -75,7 +89,7 @@ def load_card(
     """The model a card describes, with `checkpoint` (default: the card's weights) loaded.
 
     Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
-    `chunk_size` set.
+    `chunk_size` set, and `model_name` (the card's name, for messages).
     """
     fmt = get_family(card.architecture).checkpoint_format
     if fmt == "demucs":  # packages build their own members; bags have a file per member
@@ -84,11 +98,22 @@ def load_card(
         )
         model = load_demucs_card(card, paths)
         model.pipeline = card.spec
+        model.model_name = card.name
         return model.to(device).eval()
     path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
     model = build_model(card)
-    load_weights(model, read_weights(path, fmt), source=path, config=card.path)
-    return model.to(device).eval()
+    try:
+        sd = read_weights(path, fmt)
+    except CheckpointError as e:
+        if checkpoint is not None:
+            raise
+        field = "weights.file" if card.weights_path is not None else "weights.url"
+        raise CheckpointError(f"{card.where}: `{field}`: {e}") from None
+    load_weights(model, sd, source=path, config=card.path)
+    model.model_name = card.name
+    model = model.to(device).eval()
+    check_chunk_size(model, card.where)
+    return model
 
 
 # --- where a card's weights are ----------------------------------------------------------------
@@ -101,8 +126,8 @@ def _entry_cache(card: ModelCard, entry: Mapping[str, Any]) -> Path | None:
     local = card.entry_path(entry)
     if local is not None:
         return local
-    url = entry.get("url")
-    return cache_dir() / card.name / url_file_name(url) if url else None
+    urls = entry_urls(entry)
+    return cache_dir() / card.name / url_file_name(urls[0]) if urls else None
 
 
 def cached_path(card: ModelCard) -> Path | None:
@@ -143,7 +168,8 @@ def _entry_file(card: ModelCard, entry: Mapping[str, Any], offline, progress) ->
     local = card.entry_path(entry)
     if local is not None:
         if not local.is_file():
-            raise SeparatorError(f"{card.where}: weights file {local} is missing")
+            problem = "is a folder" if local.is_dir() else "no such file"
+            raise SeparatorError(f"{card.where}: `weights.file` {local}: {problem}")
         actual = sha256_file(local) if sha or prefix else ""
         if (sha and actual != str(sha).strip().lower()) or (
             prefix and not actual.startswith(str(prefix).strip().lower())
@@ -153,11 +179,11 @@ def _entry_file(card: ModelCard, entry: Mapping[str, Any], offline, progress) ->
                 "(corrupt or replaced); restore the file or fix the card's `weights`"
             )
         return local
-    url = entry.get("url")
-    if not url:
-        raise SeparatorError(f"{card.where}: a weights entry names no file or URL")
+    urls = entry_urls(entry)
+    if not urls:
+        raise SeparatorError(f"{card.where}: the card names no weights file or URL")
     dest = _entry_cache(card, entry)
-    return fetch(url, sha, dest=dest, offline=offline, progress=progress, sha256_prefix=prefix)
+    return fetch(urls, sha, dest=dest, offline=offline, progress=progress, sha256_prefix=prefix)
 
 
 # --- names and paths -> cards --------------------------------------------------------------------
@@ -172,16 +198,16 @@ def resolve(
     A checkpoint path may come first: `resolve("x.ckpt", "config.yaml")` is read as
     `resolve("config.yaml", "x.ckpt")`.
     """
-    if isinstance(model, (ModelCard, EnsembleCard)):
+    if isinstance(model, (ModelCard, EnsembleCard, ChainCard)):
         return model, _optional_path(checkpoint)
     if isinstance(model, Mapping):
         return read_any_card(model, model_type=model_type), _optional_path(checkpoint)
     target = Path(model)
-    if target.suffix == ".th" and checkpoint is None:  # a demucs package brings its own card
-        if not target.is_file():
-            raise SeparatorError(f"{target}: no such model file")
-        return card_from_package(target), None
+    if target.suffix == ".th" and checkpoint is None and target.is_file():
+        return card_from_package(target), None  # a demucs package brings its own card
     if target.suffix in CHECKPOINT_SUFFIXES:
+        if not target.exists() and str(model) in checkpoint_names():  # a UVR file name
+            return _named(str(model), checkpoint, model_type)
         if not target.exists():
             raise SeparatorError(f"{target}: no such model file")
         if checkpoint is None or Path(checkpoint).suffix not in YAML_SUFFIXES:
@@ -210,7 +236,9 @@ def _optional_path(checkpoint: str | os.PathLike | None) -> Path | None:
 
 
 def _named(name: str, checkpoint, model_type: str | None) -> tuple[Card, None]:
-    card = all_cards().get(name)
+    """The card called `name`, or the card whose weights file is called `name` (or its stem)."""
+    cards = all_cards()
+    card = cards.get(name) or cards.get(checkpoint_names().get(name, ""))
     if card is None:
         raise SeparatorError(
             f"unknown model {name!r}: not a file and not a known model name (see `separator "
@@ -241,7 +269,7 @@ def _is_card_file(path: Path) -> bool:
         data = read_yaml(path)
     except ConfigError:
         return False
-    return "architecture" in data or "ensemble" in data
+    return bool({"architecture", "ensemble", "chain"} & set(data))
 
 
 def load_model(
@@ -259,10 +287,9 @@ def load_model(
     keys where that is unambiguous). `offline` (or SEPARATOR_OFFLINE=1) never downloads.
     """
     card, path = resolve(model, checkpoint, model_type=model_type)
-    if isinstance(card, EnsembleCard):
-        raise SeparatorError(
-            f"{card.name} is an ensemble: load it with load_separator({card.name!r})"
-        )
+    if not isinstance(card, ModelCard):
+        kind = "an ensemble" if isinstance(card, EnsembleCard) else "a chain"
+        raise SeparatorError(f"{card.name} is {kind}: load it with load_separator({card.name!r})")
     if path is None and not card.weights:
         raise SeparatorError(f"{card.where}: a config needs its checkpoint; pass `checkpoint`")
     return load_card(card, path, device=device, offline=offline)
