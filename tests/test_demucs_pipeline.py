@@ -23,6 +23,7 @@ from safetensors import safe_open
 import separator
 from separator.errors import SeparatorError
 from separator.inference.apply_model import ApplyModelEngine, shift_offsets
+from separator.inference.engine import NonFiniteOutputError
 from separator.inference.mixture_norm import RunningMoments, mixture_stats
 from separator.nn import demucs as demucs_nn
 from separator.zoo.pipeline import PipelineSpec, resolve_pipeline
@@ -324,3 +325,17 @@ def test_mixture_stats_of_resampled_blocks():
     assert stats.frames == 44100
     assert abs(stats.mean.item() - mono.mean().item()) < 1e-6
     assert abs(stats.std.item() - (mono.std().item() + 1e-8)) < 1e-6
+
+
+def test_nan_output_is_an_error_naming_the_model_and_where():
+    """As the overlap-add engine: NaN/inf output is refused, never written."""
+    model = separator.load_model(FIXTURES / "htdemucs_4s.th")
+    mix = 0.1 * torch.randn(2, 44100, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.crosstransformer.layers_t[0].norm_out.bias.fill_(float("nan"))
+    message = (
+        rf"model {model.model_name} returned NaN or infinite samples at precision fp32, first "
+        r"in the chunk at 0.00 s of the input; its weights may hold NaN/inf"
+    )
+    with pytest.raises(NonFiniteOutputError, match=message):
+        separator.separate_tensor(model, mix, shifts=1)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from separator.errors import SeparatorError
+from separator.inference.finite import model_name, non_finite_error, precision_name
 from separator.nn.demucs import DemucsBag, HTDemucs, apply_length
 
 DEFAULT_APPLY_OVERLAP = 0.25  # demucs's --overlap
@@ -99,8 +100,10 @@ class ApplyStream:
         batch_size: int = 1,
         device: torch.device,
         autocast_dtype: torch.dtype | None = None,
+        name: str | None = None,
     ) -> None:
         self.plan, self.channels, self.sources = plan, channels, sources
+        self.name = name or model_name(plan.model)  # how errors name the model
         self.batch_size, self.device, self.autocast_dtype = batch_size, device, autocast_dtype
         self._full_run = plan.run_length(plan.length)
         self._left, self._right = plan.context(plan.length)
@@ -172,9 +175,20 @@ class ApplyStream:
                 f"model returned shape {tuple(y.shape)} for input {tuple(x.shape)}"
             )
         y = y.to("cpu", torch.float32)[..., left : left + n]
+        self._check_finite(y, chunks)
         for (off, _), out in zip(chunks, y):
             self._add(off, n, out)
         self._next = chunks[-1][0] + self.plan.stride
+
+    def _check_finite(self, y: Tensor, chunks: list[tuple[int, int]]) -> None:
+        """Refuse NaN/inf output (see `StreamingEngine._check_finite`), naming where the first
+        bad chunk starts in the input (the shift's lead of zeros taken off)."""
+        if bool(torch.isfinite(y).all()):  # one pass per batch: the cheap common case
+            return
+        k = int((~torch.isfinite(y)).flatten(1).any(1).nonzero()[0, 0])
+        seconds = max(0, chunks[k][0] - self._skip) / float(self.plan.model.samplerate)
+        precision = precision_name(self.plan.model, self.autocast_dtype)
+        raise non_finite_error(self.name, precision, seconds)
 
     def _add(self, off: int, n: int, out: Tensor) -> None:
         end = off + n - self._acc_pos
@@ -235,7 +249,8 @@ class ApplyModelEngine:
         self.offsets = shift_offsets(len(self.members), shifts, self.max_shift, offsets, seed)
         device = torch.device(device) if device is not None else _device(model)
         settings = dict(channels=self.channels, sources=self.n_sources, batch_size=batch_size,
-                        device=device, autocast_dtype=autocast_dtype)  # fmt: skip
+                        device=device, autocast_dtype=autocast_dtype,
+                        name=model_name(model))  # fmt: skip
         self.streams = [
             [
                 ApplyStream(plan, lead=self.max_shift - o if shifts else 0, **settings)

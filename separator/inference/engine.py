@@ -31,20 +31,16 @@ import torch
 from torch import Tensor, nn
 
 from separator.errors import SeparatorError
+from separator.inference.finite import (  # noqa: F401  (NonFiniteOutputError: re-exported)
+    NonFiniteOutputError,
+    model_name,
+    non_finite_error,
+    precision_name,
+)
 from separator.inference.inputs import as_waveform
 
 DEFAULT_OVERLAP = 2.0
 DEFAULT_BATCH_SIZE = 1
-PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-class NonFiniteOutputError(SeparatorError):
-    """The model returned NaN or infinite samples (corrupt weights, or a reduced-precision
-    overflow). `seconds`: where the first bad chunk starts in the input."""
-
-    def __init__(self, message: str, seconds: float) -> None:
-        super().__init__(message)
-        self.seconds = seconds
 
 
 @runtime_checkable
@@ -268,25 +264,12 @@ class StreamingEngine:
         k = int((~torch.isfinite(y)).flatten(1).any(1).nonzero()[0, 0])
         start = max(0, first + k * self.step - self.pad_left)  # the input's samples at model rate
         seconds = start / float(self.model.sample_rate)
-        precision = self.precision
-        hint = (
-            f"{precision} can overflow: try `precision` fp32"
-            if precision != "fp32"
-            else "its weights may hold NaN/inf: check the checkpoint"
-        )
-        raise NonFiniteOutputError(
-            f"model {model_name(self.model)} returned NaN or infinite samples at precision "
-            f"{precision}, first in the chunk at {seconds:.2f} s of the input; {hint}",
-            seconds,
-        )
+        raise non_finite_error(model_name(self.model), self.precision, seconds)
 
     @property
     def precision(self) -> str:
         """ "fp32", "bf16" or "fp16": the autocast dtype, else the model's parameter dtype."""
-        if self.autocast_dtype is not None:
-            return PRECISION_NAMES.get(self.autocast_dtype, str(self.autocast_dtype))
-        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
-        return PRECISION_NAMES.get(dtype, str(dtype)) if dtype is not None else "fp32"
+        return precision_name(self.model, self.autocast_dtype)
 
     def _emit(self, upto: int) -> Tensor:
         """Return the normalised samples in [emitted, upto): (stems, channels, m)."""
@@ -310,11 +293,6 @@ class StreamingEngine:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-
-def model_name(model: nn.Module) -> str:
-    """How messages name a model: the card's name the zoo sets (`model_name`), else its class."""
-    return str(getattr(model, "model_name", None) or type(model).__name__)
 
 
 def _model_device(model: nn.Module) -> torch.device:
