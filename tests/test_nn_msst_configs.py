@@ -14,7 +14,7 @@ import pytest
 import torch
 from msst_golden import MSST_CONFIGS
 
-from separator.checkpoints import parse_yaml
+from separator.files import parse_yaml
 from separator.errors import ConfigError
 from separator.nn import get_family, infer_msst_family
 
