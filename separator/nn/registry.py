@@ -72,6 +72,8 @@ def get_family(name: str) -> Family:
 def msst_model_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The model's arguments in an MSST YAML: its `model:` section, or `kwargs:` where MSST keeps
     them for `bandit_v2` (whose YAMLs name a `cls:` instead); {} if it has neither."""
+    if isinstance(config.get("model"), str):  # demucs's YAMLs: `model: htdemucs` names a section,
+        return config  # and the demucs families' msst_match reads the whole YAML
     for key in ("model", "kwargs"):
         if isinstance(config.get(key), Mapping):
             return config[key]
