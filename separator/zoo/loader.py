@@ -30,6 +30,7 @@ from separator.zoo.catalog import all_cards
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
 from separator.zoo.mismatch import mismatch_message
+from separator.zoo.tied import decide_by_checkpoint, msst_source
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -68,17 +69,30 @@ def load_card(
     *,
     device: str | torch.device = "cpu",
     offline: bool | None = None,
+    msst: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The model a card describes, with `checkpoint` (default: the card's weights) loaded.
 
     Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
-    `chunk_size` set.
+    `chunk_size` set. `msst`: the MSST YAML the card was read from when its model type was
+    inferred; the checkpoint's keys then pick among the families the YAML could be
+    (`separator.zoo.tied`).
     """
     path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
+    card, state = checkpoint_card(card, path, msst)
     model = build_model(card)
-    fmt = get_family(card.architecture).checkpoint_format
-    load_weights(model, read_weights(path, fmt), source=path, config=card.path)
+    load_weights(model, state, source=path, config=card.path)
     return model.to(device).eval()
+
+
+def checkpoint_card(
+    card: ModelCard, path: Path, msst: Mapping[str, Any] | None = None
+) -> tuple[ModelCard, dict[str, Tensor]]:
+    """The checkpoint's state dict, and the card to load it into (see `load_card`'s `msst`)."""
+    state = read_weights(path, get_family(card.architecture).checkpoint_format)
+    if msst is not None:
+        card = decide_by_checkpoint(card, msst, state, build_model)
+    return card, state
 
 
 # --- where a card's weights are ----------------------------------------------------------------
@@ -222,7 +236,8 @@ def load_model(
         )
     if path is None and not card.weights:
         raise SeparatorError(f"{card.where}: a config needs its checkpoint; pass `checkpoint`")
-    return load_card(card, path, device=device, offline=offline)
+    msst = msst_source(model, card) if model_type is None and path is not None else None
+    return load_card(card, path, device=device, offline=offline, msst=msst)
 
 
 # --- converting and importing --------------------------------------------------------------------
@@ -250,13 +265,17 @@ def convert_checkpoint(
         if p.exists() and not overwrite:
             raise CheckpointError(f"{p}: already exists (pass `force=True` to overwrite)")
     card = read_card(config, model_type=model_type)
-    model = load_card(card, checkpoint)
+    msst = msst_source(config, card) if model_type is None else None
+    card, state = checkpoint_card(card, checkpoint, msst)
+    model = build_model(card)
+    load_weights(model, state, source=checkpoint, config=card.path)
     save_state_dict(model, output, metadata={"architecture": card.architecture})
     card = ModelCard(
         name=check_name(name or output.stem, "model name"),
         architecture=card.architecture,
         model=card.model,
         stems=card.stems,
+        stem_names=card.stem_names,
         sample_rate=card.sample_rate,
         chunk_size=card.chunk_size,
         weights=weights_entry(output),
