@@ -60,7 +60,9 @@ def run_batch(
     try:
         sep = _load_separator(**loading)
         set_chunk_seconds(sep, chunk_seconds)
-        plans = resolve_stems(sep.stems, options["stems"], residual=options["residual"])
+        plans = resolve_stems(
+            sep.stems, options["stems"], residual=options["residual"], residuals=sep.residuals
+        )
     except SeparatorError as e:
         typer.echo(f"error: {cli_message(str(e))}", err=True)
         return 2

@@ -69,9 +69,14 @@ class SeparatorBase:
         raise NotImplementedError
 
     @property
+    def residuals(self) -> bool:
+        """Whether the residual stems (`instrumental`, `no_<stem>`) exist for this model."""
+        return True
+
+    @property
     def available_stems(self) -> list[str]:
         """Every name `stems=` accepts: model stems, `instrumental`, `no_<stem>`."""
-        return available_stems(self.stems)
+        return available_stems(self.stems, self.residuals)
 
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         raise NotImplementedError
@@ -93,7 +98,7 @@ class SeparatorBase:
             )
         if not torch.isfinite(x).all():
             raise SeparatorError("input tensor contains NaN or infinite samples")
-        plans = resolve_stems(self.stems, stems)
+        plans = resolve_stems(self.stems, stems, residuals=self.residuals)
         pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
         parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         block = np.ascontiguousarray(x.numpy().T)
@@ -137,7 +142,7 @@ class SeparatorBase:
         """
         path = Path(path)
         spec = OutputSpec(fmt, bits, clip, clip_level, bitrate, sample_rate, preset)
-        plans = resolve_stems(self.stems, stems, residual=residual)
+        plans = resolve_stems(self.stems, stems, residual=residual, residuals=self.residuals)
         stem_names = [p.name for p in plans]
         targets = output_paths(path, stem_names, Path(output_dir), filename, fmt, names)
         source = open_audio(path)
@@ -179,6 +184,7 @@ class Separator(SeparatorBase):
         if precision == "fp16" and self.device.type == "cpu":
             raise SeparatorError("fp16 autocast needs a GPU; use bf16 or fp32 on the CPU")
         model = model.to(self.device).eval()
+        self._residuals = bool(getattr(model, "residuals", True))
         if tta:
             model = TTAModel(model)
         self.model = model
@@ -200,6 +206,11 @@ class Separator(SeparatorBase):
     def stems(self) -> tuple[str, ...]:
         """The model's own stems, in output order."""
         return tuple(self.model.stems)
+
+    @property
+    def residuals(self) -> bool:
+        """The model's `residuals` attribute (set by the loader from its family; default True)."""
+        return self._residuals
 
     def new_engine(self) -> StreamingEngine:
         """A fresh streaming engine with this separator's settings (one per stream)."""

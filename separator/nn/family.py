@@ -40,6 +40,10 @@ class Family:
         0 for "not this family", higher for a more specific match (a key only this family has
         scores above a generic shape). The type of a raw MSST YAML is inferred only when one
         family has the highest score.
+    residuals: whether the mixture minus an output means something. True for separators (the
+        residual stems `instrumental` and `no_<stem>`); False for models whose output is not a
+        part of the mixture, such as restoration (Apollo's one output is the restored mixture).
+        The loader sets it on the module as `residuals`.
     """
 
     name: str
@@ -48,6 +52,7 @@ class Family:
     from_msst: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     msst_match: Callable[[Mapping[str, Any]], int] | None = None
     description: str = ""
+    residuals: bool = True
 
     def __post_init__(self) -> None:
         if self.checkpoint_format not in CHECKPOINT_FORMATS:

@@ -38,9 +38,11 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 # --- cards -> modules ----------------------------------------------------------------------------
 def build_model(card: ModelCard) -> nn.Module:
-    """Construct (untrained) the model a card describes, with its engine attributes set."""
+    """Construct (untrained) the model a card describes, with its engine attributes set (and
+    `residuals`, from its family)."""
+    family = get_family(card.architecture)
     try:
-        return get_family(card.architecture).build(
+        module = family.build(
             dict(card.model),
             sample_rate=card.sample_rate,
             stems=card.stems,
@@ -51,6 +53,8 @@ def build_model(card: ModelCard) -> nn.Module:
     except (TypeError, ValueError) as e:  # a value of the wrong type deep in a constructor
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"{card.where}: bad value in `model:` ({first})") from None
+    module.residuals = family.residuals
+    return module
 
 
 def load_weights(
