@@ -1,0 +1,188 @@
+"""Training any registered family: a few steps of each trainable family on stempeg's real stems
+lower the loss on a fixed batch; the `loss:` section (MSST's masked_loss); the MUSDB18HQ recipes
+of SCNet and MDX23C have the sizes of MSST's MUSDB configs; restoration (Apollo) is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from separator.errors import ConfigError
+from separator.nn import get_family
+from separator.training.losses import loss_spec, masked_mse, separation_loss
+from separator.training.recipe import load_recipe, recipe_from_dict
+from separator.training.trainer import Trainer
+from tests import test_nn_apollo, test_nn_mdx23c, test_nn_scnet
+from tests.msst_families import msst_config, one_thread  # noqa: F401  (autouse)
+
+ROOT = Path(__file__).resolve().parents[1]
+STEMS = ["vocals", "other"]
+
+
+def _fields(family: str, config: dict) -> dict:
+    return get_family(family).from_msst(config)["model"]
+
+
+# family -> (the recipe's model.args (a card's model section) for two stems, vocals and other,
+# excerpt length); tiny sizes keep each test to about a second. A family merged later adds a line.
+CASES = {
+    "mdx23c": (_fields("mdx23c", test_nn_mdx23c.tiny()), 4096),
+    "scnet": (_fields("scnet", test_nn_scnet.tiny()), 4096),
+    "scnet_masked": (_fields("scnet_masked", test_nn_scnet.tiny()), 4096),
+    "scnet_tran": (_fields("scnet_tran", test_nn_scnet.tiny()), 4096),
+}
+
+
+def recipe(root: Path, out: Path, family: str, args: dict, chunk: int, **sections):
+    data = {
+        "name": f"tiny_{family}",
+        "output_dir": str(out),
+        "model": {"architecture": family, "args": args},
+        "audio": {"sample_rate": 44100, "chunk_size": chunk},
+        "data": {"root": str(root), "stems": STEMS},
+        "training": {"steps": 1000, "batch_size": 2, "lr": 1e-2, "warmup_steps": 0,
+                     "schedule": "constant", "ema_decay": 0.0, "log_every": 1},
+    }  # fmt: skip
+    for key, values in sections.items():
+        data[key] = data.get(key, {}) | values
+    return recipe_from_dict(data)
+
+
+def fixed_batch_loss(trainer: Trainer, batch) -> float:
+    mix, ref = batch
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = separation_loss(trainer.model(mix), ref, trainer.loss)
+    trainer.model.train()
+    return float(loss)
+
+
+def lowers_the_loss(trainer: Trainer, steps: int) -> tuple[float, float]:
+    """The loss on the first batch before and after `steps` training steps (no validation)."""
+    batch = next(trainer._loader(0, 1))
+    before = fixed_batch_loss(trainer, batch)
+    state = trainer.run(stop_at=steps)
+    assert state["step"] == steps
+    return before, fixed_batch_loss(trainer, batch)
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_a_few_steps_lower_the_loss(family, musdb_example, tmp_path):
+    args, chunk = CASES[family]
+    trainer = Trainer(recipe(musdb_example, tmp_path / "run", family, args, chunk))
+    assert type(trainer.model) is type(get_family(family).build(
+        args, sample_rate=44100, stems=STEMS, chunk_size=chunk))  # fmt: skip
+    before, after = lowers_the_loss(trainer, 8)
+    assert after < 0.95 * before, (before, after)
+    assert (tmp_path / "run" / "last.ckpt").is_file()
+
+
+def test_masked_loss_recipe_trains(musdb_example, tmp_path):
+    args, chunk = CASES["scnet"]
+    loss = {"l1": 0.0, "masked_mse": 1.0}
+    trainer = Trainer(recipe(musdb_example, tmp_path / "run", "scnet", args, chunk, loss=loss))
+    assert trainer.loss.masked_mse == 1.0 and trainer.loss.l1 == 0.0
+    before, after = lowers_the_loss(trainer, 8)
+    assert after < 0.95 * before, (before, after)
+
+
+def test_restoration_is_refused(musdb_example, tmp_path):
+    fields = get_family("apollo").from_msst(test_nn_apollo.tiny())
+    one_stem = {"stems": ["vocals"], "target": "vocals"}
+    rec = recipe(musdb_example, tmp_path, "apollo", fields["model"], 4000,
+                 audio={"sample_rate": 16000}, data=one_stem)  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        Trainer(rec)
+    message = str(err.value)
+    assert "\n" not in message and "apollo" in message and "restoration" in message
+
+
+def test_grad_checkpoint_needs_the_family_to_have_it(musdb_example, tmp_path):
+    args, chunk = CASES["mdx23c"]
+    rec = recipe(musdb_example, tmp_path, "mdx23c", args, chunk, training={"grad_checkpoint": True})
+    with pytest.raises(ConfigError, match="training.grad_checkpoint: mdx23c models have no"):
+        Trainer(rec)
+
+
+def test_masked_mse_matches_msst_definition():
+    """MSST's masked_loss (utils/losses.py at ccc011a): MSE per element, mean over (channels,
+    time) when coarse, then per stem the values at or above the q-quantile over the batch drop."""
+    torch.manual_seed(1)
+    est, ref = torch.randn(4, 3, 2, 100), torch.randn(4, 3, 2, 100)
+    err = ((est - ref) ** 2).mean(dim=(2, 3)).T  # (stems, batch)
+    q = torch.quantile(err, 0.9, dim=1, keepdim=True)
+    expected = torch.where(err < q, err, 0).mean()
+    torch.testing.assert_close(masked_mse(est, ref, 0.9, True), expected)
+    fine = ((est - ref) ** 2).transpose(0, 1).reshape(3, -1)  # not coarse: every element
+    q = torch.quantile(fine, 0.9, dim=1, keepdim=True)
+    expected_fine = torch.where(fine < q, fine, 0).mean()
+    torch.testing.assert_close(masked_mse(est, ref, 0.9, False), expected_fine)
+    spec = loss_spec({"l1": 0.0, "masked_mse": 2.0, "q": 0.9})
+    torch.testing.assert_close(separation_loss(est, ref, spec), 2 * expected)
+
+
+def test_loss_settings_come_from_the_recipe_then_the_model_config():
+    from separator.nn.config import BSRoformerConfig
+
+    cfg = BSRoformerConfig(dim=8, depth=1, multi_stft_resolutions_window_sizes=(4096, 512))
+    spec = loss_spec(None, cfg)  # no loss: section: the RoFormer's own objective
+    assert (spec.l1, spec.multi_stft, spec.stft_windows) == (1.0, 1.0, (4096, 512))
+    spec = loss_spec({"multi_stft": 0.5, "stft_windows": [256]}, cfg)
+    assert (spec.multi_stft, spec.stft_windows, spec.stft_hop) == (0.5, (256,), 147)
+    assert loss_spec(None, None).multi_stft == 0.0  # families without it: plain L1
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"l1": 0.0}, "loss weights must be >= 0 with one above 0"),
+        ({"mse": -1.0}, "loss weights must be >= 0"),
+        ({"masked_mse": 1.0, "q": 0.0}, "loss.q must be in (0, 1]"),
+        ({"multi_stft": 1.0, "stft_windows": [1]}, "loss.stft_windows must be sizes >= 2"),
+        ({"huber": 1.0}, "bad loss section"),
+    ],
+)
+def test_bad_loss_sections(section, message):
+    with pytest.raises(ConfigError) as err:
+        loss_spec(section)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_masked_loss_needs_two_examples(musdb_example, tmp_path):
+    args, chunk = CASES["scnet"]
+    rec = recipe(musdb_example, tmp_path, "scnet", args, chunk,
+                 training={"batch_size": 1}, loss={"l1": 0.0, "masked_mse": 1.0})  # fmt: skip
+    with pytest.raises(ConfigError, match="needs training.batch_size >= 2"):
+        Trainer(rec)
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [("musdb18hq_scnet", "config_musdb18_scnet"), ("musdb18hq_mdx23c", "config_musdb18_mdx23c")],
+)
+def test_musdb_recipes_have_msst_sizes(name, config):
+    """The recipe's model, stems, rate and chunk are those of MSST's MUSDB config; it builds."""
+    rec = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    msst = msst_config(config)
+    fields = get_family(rec.model.architecture).from_msst(msst)
+    assert dict(rec.model.args) == fields["model"]
+    assert list(rec.model_stems) == fields["stems"]
+    assert (rec.audio.sample_rate, rec.audio.chunk_size) == (44100, msst["audio"]["chunk_size"])
+    t = msst["training"]
+    assert (rec.training.batch_size, rec.training.lr) == (t["batch_size"], t["lr"])
+    assert (rec.loss.masked_mse, rec.loss.l1, rec.loss.q) == (1.0, 0.0, t["q"])
+    with torch.device("meta"):
+        module = get_family(rec.model.architecture).build(
+            dict(rec.model.args), sample_rate=44100, stems=rec.model_stems,
+            chunk_size=rec.audio.chunk_size)  # fmt: skip
+    assert module.stems == tuple(rec.model_stems)
+
+
+def test_grad_checkpoint_reaches_the_roformers(musdb_example, tmp_path):
+    overrides = [f"data.root={musdb_example}", f"output_dir={tmp_path}"]
+    overrides.append("training.grad_checkpoint=true")
+    trainer = Trainer(load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", overrides))
+    assert trainer.model.config.use_torch_checkpoint
+    assert "use_torch_checkpoint" not in trainer.card.model  # the exported card stays as written
