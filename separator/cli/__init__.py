@@ -1,14 +1,13 @@
 """Command line: `separate` (the main job) and `separator` (convert, evaluate, train, models).
 
-One module per command group (`separate`, `models`, `evaluate`, `train`, `convert`, `info`);
-`common`
-holds the apps, the one-line errors and the exit codes. `python -m separator.cli` runs
-`separator` (for torchrun).
+One module per command group (`separate`, `models`, `evaluate`, `train`, `convert`, `info`,
+`ensemble`); `common` holds the apps, the one-line errors and the exit codes.
+`python -m separator.cli` runs `separator` (for torchrun).
 """
 
 from __future__ import annotations
 
-from separator.cli import convert, evaluate, info, models, separate, train  # noqa: F401 (commands)
+from separator.cli import convert, ensemble, evaluate, info, models, separate, train  # noqa: F401
 from separator.cli.common import app, exit_process, run_app, separate_app
 
 

@@ -63,6 +63,9 @@ ARGUMENT_FLAGS = {
     "clip_level": "--clip-mode",
     "preset": "--mp3-preset",
     "residual": "--other-method",
+    "stems": "--stems",
+    "resume=True": "--resume",
+    "output_dir": "output_dir=DIR",
 }
 
 

@@ -58,7 +58,8 @@ def run_batch(
         manifest = manifest or Path(options["output_dir"]) / MANIFEST
         start_shard(shard)
     try:
-        sep = _load_separator(**loading)
+        sep, default_name = _load_separator(quiet=quiet, **loading)
+        label = default_name or label
         set_chunk_seconds(sep, chunk_seconds)
         plans = resolve_stems(
             sep.stems, options["stems"], residual=options["residual"], residuals=sep.residuals
@@ -88,13 +89,20 @@ def run_batch(
     return 2 if finish(shard, report.failures) else 0
 
 
-def _load_separator(model, config, *, weights, offline, **kwargs):
+def _load_separator(model, config, *, weights, offline, quiet, **kwargs):
+    """(separator, the default model's name when none was given); the default's choice is
+    reported on one line (which model runs, and why)."""
     from separator.inference import load_separator
+    from separator.inference.api import load_default_separator
 
-    return load_separator(
-        model, config, weights=_floats(weights, "--weights"), offline=True if offline else None,
-        **kwargs,
-    )  # fmt: skip
+    offline = True if offline else None
+    weights = _floats(weights, "--weights")
+    if model is None and config is None:
+        sep, choice = load_default_separator(offline=offline, weights=weights, **kwargs)
+        if not quiet:
+            typer.echo(cli_message(choice.reason), err=True)
+        return sep, choice.name
+    return load_separator(model, config, weights=weights, offline=offline, **kwargs), None
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:

@@ -29,7 +29,8 @@ from separator.inference.writers import DEFAULT_BITS
 Opt = typer.Option
 MODEL_HELP = (
     "model name (separator models list), card / MSST config (.yaml), checkpoint, or folder; "
-    "a,b[,c] for an ensemble [the embedded model]"
+    "a,b[,c] for an ensemble; 'a:vocals > b' for a chain [the strongest 4-stem model, or the "
+    "embedded one offline]"
 )
 
 
@@ -47,7 +48,11 @@ def separate_cmd(
     ] = None,
     weights: Annotated[str | None, Opt(help="ensemble weights, one per model: 2,1")] = None,
     ensemble: Annotated[
-        str | None, Opt(help="ensemble method: avg (default), median, max_spec, min_spec")
+        str | None,
+        Opt(
+            help="ensemble method: avg (default), median, min_wave, max_wave, max_spec, "
+            "min_spec, avg_fft, median_fft, min_fft, max_fft"
+        ),
     ] = None,
     offline: Annotated[bool, Opt("--offline", help="never download: cached weights only")] = False,
     config: Annotated[

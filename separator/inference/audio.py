@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +96,38 @@ def open_audio(path: str | os.PathLike) -> AudioSource:
     if f.frames == 0:
         f.close()
         raise SeparatorError(f"{path}: zero-length audio (no samples to separate)")
+    _warn_if_truncated(path, f)
     return AudioSource(path, f.samplerate, f.channels, frames, f)
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file holds fewer samples than its header announces (cut off mid-file)."""
+
+
+# libsndfile logs "data : <header bytes> (should be <bytes present>)" for a short data chunk.
+_SHORT_DATA = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Lengths that writers to a pipe leave in the header (ffmpeg: 0xFFFFFFFF): unknown, not wrong.
+_UNKNOWN_LENGTH = 0x7FFFF000
+
+
+def _warn_if_truncated(path: Path, f: sf.SoundFile) -> None:
+    """Warn when the header's data length exceeds the data present; libsndfile reads what is
+    there (its frame count is the present one), so the file still separates, only shorter."""
+    found = _SHORT_DATA.search(f.extra_info)
+    if found is None or f.frames <= 0:
+        return
+    announced, present = int(found.group(1)), int(found.group(2))
+    if announced <= present or announced >= _UNKNOWN_LENGTH:
+        return
+    per_frame = max(1, present // f.frames)
+    header_frames, rate = announced // per_frame, f.samplerate
+    warnings.warn(
+        f"{path}: truncated: the header announces {header_frames} frames "
+        f"({header_frames / rate:.2f} s) but the file holds {f.frames} ({f.frames / rate:.2f} s); "
+        "reading the samples that are there",
+        TruncatedAudioWarning,
+        stacklevel=3,
+    )
 
 
 def read_audio(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:

@@ -29,6 +29,7 @@ from separator.inference.engine import (
     TTAModel,
     check_model,
 )
+from separator.inference.inputs import as_waveform, check_sample_rate
 from separator.inference.outputs import TrackOutputs
 from separator.inference.pipeline import ModelPipeline, Progress
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
@@ -81,25 +82,34 @@ class SeparatorBase:
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         raise NotImplementedError
 
-    def separate_tensor(
-        self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
-    ) -> dict[str, Tensor]:
-        """Separate a (channels, time) or (time,) waveform at `sample_rate`.
+    def _plans(self, stems: str | Sequence[str] | None, residual: str = "minus") -> list[StemPlan]:
+        """The outputs to make for `stems` (None: the default ones, every model stem);
+        `residual`: how `no_<stem>`/`instrumental` are made (see `resolve_stems`)."""
+        return resolve_stems(self.stems, stems, residual=residual, residuals=self.residuals)
 
+    def separate_tensor(
+        self,
+        wav: Tensor | np.ndarray,
+        sample_rate: int,
+        stems: str | Sequence[str] | None = None,
+    ) -> dict[str, Tensor]:
+        """Separate a (channels, time) or (time,) waveform at `sample_rate` (whole Hz).
+
+        `wav`: a torch tensor or numpy array; floats are taken as they are, integer PCM (int16,
+        int32, int8, uint8) is scaled to [-1, 1) as soundfile reads it (int16 / 32768, ...).
         Returns {stem: (channels, time)} float32 CPU tensors at `sample_rate`, same shape as `wav`
         ((time,) in, (time,) out). Same pipeline as `separate_file`, with one block.
         """
-        squeeze = wav.dim() == 1
-        x = wav.detach().float().cpu()
+        x = as_waveform(wav)
+        sample_rate = check_sample_rate(sample_rate)
+        squeeze = x.dim() == 1
         x = x[None] if squeeze else x
         if x.dim() != 2 or x.shape[-1] == 0:
             raise SeparatorError(
                 f"expected a non-empty (channels, time) tensor, got {tuple(wav.shape)}"
             )
-        if not torch.isfinite(x).all():
-            raise SeparatorError("input tensor contains NaN or infinite samples")
-        plans = resolve_stems(self.stems, stems, residuals=self.residuals)
-        pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
+        plans = self._plans(stems)
+        pipe = self._pipeline(sample_rate, x.shape[0], plans, where="tensor")
         parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         block = np.ascontiguousarray(x.numpy().T)
         pipe.run(iter([block]), lambda out: [parts[k].append(v) for k, v in out.items()])
@@ -142,7 +152,7 @@ class SeparatorBase:
         """
         path = Path(path)
         spec = OutputSpec(fmt, bits, clip, clip_level, bitrate, sample_rate, preset)
-        plans = resolve_stems(self.stems, stems, residual=residual, residuals=self.residuals)
+        plans = self._plans(stems, residual=residual)
         stem_names = [p.name for p in plans]
         targets = output_paths(path, stem_names, Path(output_dir), filename, fmt, names)
         source = open_audio(path)
