@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from separator.errors import ConfigError
 from separator.files import read_yaml
 from separator.nn import FAMILIES
+from separator.nn.family import msst_model_section
 from separator.zoo.cards import ModelCard, card_from_msst, is_card
 
 
@@ -64,7 +65,7 @@ def decide_by_checkpoint(
 
     `build`: card -> module (the loader's `build_model`), run on the meta device.
     """
-    names = candidates(config.get("model") or {})
+    names = candidates(msst_model_section(config))
     if len(names) < 2:
         return card
     names.sort(key=lambda n: n != card.architecture)  # the inferred family first (stable)
