@@ -21,9 +21,19 @@ from tests.msst_families import golden_paths, msst_config, one_thread  # noqa: F
 
 # Every MSST family with golden cases (two each: 26).
 FAMILIES = (
-    "mdx23c", "scnet", "scnet_masked", "scnet_tran", "apollo", "bandit", "bandit_v2",
-    "bs_roformer", "mel_band_roformer", "bs_roformer_experimental",
-    "mel_band_roformer_experimental", "bs_conformer", "mel_band_conformer",
+    "mdx23c",
+    "scnet",
+    "scnet_masked",
+    "scnet_tran",
+    "apollo",
+    "bandit",
+    "bandit_v2",
+    "bs_roformer",
+    "mel_band_roformer",
+    "bs_roformer_experimental",
+    "mel_band_roformer_experimental",
+    "bs_conformer",
+    "mel_band_conformer",
 )
 CASES = [(f, p) for f in FAMILIES for p in golden_paths(f)]
 
