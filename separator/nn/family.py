@@ -56,7 +56,9 @@ class Family:
 
     def __post_init__(self) -> None:
         if self.checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ValueError(f"family {self.name}: unknown format {self.checkpoint_format!r}")
+            raise ConfigError(
+                f"family {self.name}: unknown checkpoint_format {self.checkpoint_format!r}"
+            )
 
 
 def set_io(

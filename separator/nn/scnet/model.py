@@ -62,7 +62,10 @@ class SCNet(nn.Module):
         """audio: (b, s, time) -> (b, n, s, time)."""
         b, s, length = audio.shape
         if s != self.config.audio_channels:
-            raise ValueError(f"model expects {self.config.audio_channels} channel(s), got {s}")
+            raise ConfigError(
+                f"model expects {self.config.audio_channels} audio channel(s) "
+                f"(model.audio_channels), got {s}"
+            )
         hop = self.config.hop_size
         pad = hop - length % hop  # MSST pads a full hop when length is a multiple of it
         if ((length + pad) // hop) % 2 == 0:
