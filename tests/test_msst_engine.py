@@ -73,6 +73,8 @@ def _roformer(conformer: bool = False, **options) -> dict:
 CASES = {
     "bandit": (_bandit(1), ("dialog", "music")),
     "bandit_v2": (_bandit(2), ("dialog", "effects")),
+    "bs_roformer": (_roformer(use_pope=True), ("vocals",)),  # PoPE; zero_dc on with it
+    "mel_band_roformer": (_roformer(num_bands=16, zero_dc=True), ("vocals",)),
     "bs_roformer_experimental": (_roformer(use_value_residual_learning=True), ("vocals",)),
     "mel_band_roformer_experimental": (_roformer(num_bands=16), ("vocals",)),
     "bs_conformer": (_roformer(True, conv_kernel_size=7), ("vocals",)),
@@ -169,3 +171,11 @@ def test_separators_keep_their_residuals(server, cache, user_models):
     sep = load_separator(name, device="cpu")
     assert sep.residuals and sep.available_stems == ["vocals", "other", "instrumental",
                                                      "no_vocals", "no_other"]  # fmt: skip
+
+
+def test_every_msst_family_has_a_case():
+    """The Demucs families (demucs, htdemucs) are the Demucs issue's: their own tests."""
+    from separator.nn import FAMILIES
+
+    msst = {n for n, f in FAMILIES.items() if f.checkpoint_format == "state_dict"}
+    assert msst - {"htdemucs"} == set(CASES)

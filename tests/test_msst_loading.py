@@ -157,6 +157,10 @@ def test_every_family_has_a_card():
                 "mel_band_conformer"}  # fmt: skip
     assert set(FAMILIES) - uncarded <= {c.architecture for c in cards}
     for card in cards:
+        community = card.path is not None and card.path.parent.name == "models"
+        if community and card.architecture in ("bs_roformer", "mel_band_roformer"):
+            # MSST HEAD zeroes the DC bin unless told not to; the cards keep it off (issue 17)
+            assert card.model.get("zero_dc") or "zero_dc: off" in card.notes, card.name
         if card.architecture == "apollo":  # restoration: one output, the restored mixture
             assert card.stems == ("restored",) and "no residual stems" in card.notes
     assert all_cards()["mdx23c_d1581"].stem_names == {

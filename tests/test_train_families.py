@@ -220,3 +220,13 @@ def test_grad_checkpoint_reaches_the_roformers(musdb_example, tmp_path):
     trainer = Trainer(load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", overrides))
     assert trainer.model.config.use_torch_checkpoint
     assert "use_torch_checkpoint" not in trainer.card.model  # the exported card stays as written
+
+
+def test_every_trainable_family_has_a_smoke_test():
+    """Every separating MSST family (not Apollo: restoration; not the Demucs families, whose
+    issue is separate; the 2024 RoFormers: test_train.py)."""
+    from separator.nn import FAMILIES
+
+    msst = {n for n, f in FAMILIES.items() if f.checkpoint_format == "state_dict"}
+    others = {"apollo", "htdemucs", "bs_roformer", "mel_band_roformer"}
+    assert msst - others == set(CASES)
