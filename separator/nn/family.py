@@ -157,13 +157,6 @@ def msst_stems(
     return list(msst_stem_names(config, num_stems, default))
 
 
-def msst_model_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The model's arguments in an MSST YAML: `model:`, or `kwargs:` where MSST builds the class
-    as `cls(**config.kwargs)` (BandIt v2's configs); {} when there is neither."""
-    section = config.get("model") or config.get("kwargs") or {}
-    return section if isinstance(section, Mapping) else {}
-
-
 def msst_audio(config: Mapping[str, Any], default_rate: int = 44100) -> tuple[int, int]:
     """(sample_rate, chunk_size) from an MSST YAML's `audio:` section (8 s chunks by default)."""
     audio = config.get("audio") or {}

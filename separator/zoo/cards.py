@@ -32,8 +32,8 @@ from typing import Any
 
 from separator.errors import ConfigError
 from separator.files import atomic_write, check_name, plain, read_yaml, safe_name, sha256_file
-from separator.nn import get_family, infer_msst_family
-from separator.nn.family import msst_model_section, safe_stem_names
+from separator.nn import get_family, infer_msst_family, msst_model_section
+from separator.nn.family import safe_stem_names
 
 # How an ensemble combines its members' stems (separator.inference.combine says how each works):
 # element-wise on the waveforms, per bin of our STFT, or per bin as MSST's ensemble.py does.

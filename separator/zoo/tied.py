@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from separator.errors import ConfigError
 from separator.files import read_yaml
-from separator.nn import FAMILIES
-from separator.nn.family import msst_model_section
+from separator.nn import FAMILIES, msst_model_section
 from separator.zoo.cards import ModelCard, card_from_msst, is_card
 
 
