@@ -83,7 +83,9 @@ def separate_cmd(
     ] = DEFAULT_OVERLAP,
     batch_size: Annotated[int, typer.Option(help="chunks per model call")] = DEFAULT_BATCH_SIZE,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native and faster, else fp32), fp32, bf16, fp16")
+    ] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
     tta: Annotated[
         bool, typer.Option("--tta", help="average channel-swap/polarity passes")
@@ -214,7 +216,7 @@ def _separate_files(sep, files: list[Path], options: dict, *, jobs: int, quiet: 
             folder = _common_folder(list(written.values()))
             console.print(
                 f"{path.name} → {folder}: {stems} ({seconds:.1f} s, "
-                f"RTF {_rtf(seconds, frames, rate)})",
+                f"RTF {_rtf(seconds, frames, rate)}, {_precision(sep)})",
                 markup=False,
                 soft_wrap=True,
             )
@@ -233,6 +235,13 @@ def _rtf(seconds: float, frames: int | None, rate: int) -> str:
     if not frames or rate <= 1:
         return "-"
     return f"{seconds / (frames / rate):.2f}"
+
+
+def _precision(sep) -> str:
+    """The precision that ran: "fp32", "bf16", or "bf16/fp32" for an ensemble that mixes them."""
+    members = getattr(sep, "members", [sep])
+    names = dict.fromkeys(getattr(m, "precision", "fp32") for m in members)
+    return "/".join(names)
 
 
 def _audio_info(path: Path) -> tuple[int, int | None]:

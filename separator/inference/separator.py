@@ -35,10 +35,10 @@ from separator.inference.engine import (
     check_model,
 )
 from separator.inference.pipeline import ModelPipeline, Progress
+from separator.inference.precision import PRECISIONS, resolve_precision
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -157,7 +157,9 @@ class Separator(SeparatorBase):
 
     `model`: any `nn.Module` with `forward((B, C, T)) -> (B, S, C, T)`, `sample_rate`, `stems`,
     `audio_channels` and `chunk_size`. `overlap`: model evaluations per sample (>= 1).
-    `precision`: "fp32", or "bf16"/"fp16" autocast (fp16 needs a GPU). `tta`: average the
+    `precision`: "auto" (bf16 where the hardware runs it natively and it is faster for this
+    model, else fp32; see `separator.inference.precision`), "fp32", or "bf16"/"fp16" autocast
+    (fp16 needs a GPU); `self.precision` is the one that runs. `tta`: average the
     channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`.
     """
 
@@ -169,24 +171,21 @@ class Separator(SeparatorBase):
         overlap: float = DEFAULT_OVERLAP,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_size: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         tta: bool = False,
         compile: bool = False,
     ) -> None:
         check_model(model)
         check_stem_names(model.stems)
-        if precision not in PRECISIONS:
-            raise SeparatorError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise SeparatorError("fp16 autocast needs a GPU; use bf16 or fp32 on the CPU")
         model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, model, self.device)
         if tta:
             model = TTAModel(model)
         self.model = model
         self._forward: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
         self.overlap, self.batch_size, self.chunk_size = overlap, batch_size, chunk_size
-        self.autocast_dtype = PRECISIONS[precision]
+        self.autocast_dtype = PRECISIONS[self.precision]
         self.new_engine()  # validate overlap / batch size / chunk size now, not mid-file
 
     @classmethod
