@@ -68,7 +68,10 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (self.dim,), self.gamma, eps=_NORM_EPS / self.dim)
+        # gamma in x's dtype: under bf16 autocast a float32 gamma makes rms_norm fall back to its
+        # slow unfused path (and warn); at float32 the cast is a no-op.
+        gamma = self.gamma.to(x.dtype)
+        return F.rms_norm(x, (self.dim,), gamma, eps=_NORM_EPS / self.dim)
 
 
 class _Identity(nn.Module):
@@ -167,7 +170,9 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )
         gates = torch.sigmoid(proj[..., 3 * h * d :] + gate_bias)  # (b, n, h)
-        out = out.transpose(1, 2) * gates.unsqueeze(-1)  # (b, n, h, d)
+        # Gates in the attention output's dtype: under bf16 autocast a float32 product would
+        # write (and the next matmul re-cast) the whole output at twice the bytes.
+        out = out.transpose(1, 2) * gates.to(out.dtype).unsqueeze(-1)  # (b, n, h, d)
         out = F.dropout(out.reshape(b * n, h * d), self.dropout, self.training)
         # Residual add fused into the output matmul (addmm's beta=1 accumulation).
         return torch.addmm(x.reshape(b * n, dim), out, self.to_out[0].weight.t()).view(b, n, dim)
