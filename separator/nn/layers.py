@@ -42,6 +42,10 @@ class WeightCache:
         self._value: object = None
 
     def get(self, params: Sequence[Tensor], build: Callable[[], Any]) -> Any:
+        # Under torch.compile the derived weights are part of the traced graph: a Python-side
+        # cache would add guards on its key that fail between calls and force recompiles.
+        if torch.compiler.is_compiling():
+            return build()
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()
         key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
