@@ -146,3 +146,12 @@ def test_summary_line_says_which_precision_ran(tmp_path, monkeypatch, capsys):
     args = [str(wav), "--model", "fake.yaml", "-o", str(tmp_path / "o2"), "--stems", "vocals"]
     assert separate_main(args) == 0
     assert ", bf16)" in capsys.readouterr().err
+
+
+def test_compile_on_the_cpu_says_it_does_not_help_and_runs_eagerly():
+    model = ConvModel()
+    with pytest.warns(UserWarning, match="does not speed these models up on the CPU"):
+        sep = Separator(model, device="cpu", compile=True)
+    assert sep._forward is sep.model  # not wrapped
+    x = torch.randn(2, 3000)
+    assert torch.equal(sep.separate_tensor(x, 8000)["vocals"], separate_tensor(model, x)[0])

@@ -12,6 +12,7 @@ with track length. Outputs keep the input's sample rate, channel count and exact
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -160,7 +161,8 @@ class Separator(SeparatorBase):
     `precision`: "auto" (bf16 where the hardware runs it natively and it is faster for this
     model, else fp32; see `separator.inference.precision`), "fp32", or "bf16"/"fp16" autocast
     (fp16 needs a GPU); `self.precision` is the one that runs. `tta`: average the
-    channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`.
+    channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`
+    (GPUs only: on the CPU it warns that it does not help and runs eagerly).
     """
 
     def __init__(
@@ -183,7 +185,7 @@ class Separator(SeparatorBase):
         if tta:
             model = TTAModel(model)
         self.model = model
-        self._forward: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+        self._forward: nn.Module = compiled(model, self.device) if compile else model
         self.overlap, self.batch_size, self.chunk_size = overlap, batch_size, chunk_size
         self.autocast_dtype = PRECISIONS[self.precision]
         self.new_engine()  # validate overlap / batch size / chunk size now, not mid-file
@@ -216,6 +218,22 @@ class Separator(SeparatorBase):
 
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         return ModelPipeline(self.model, self.new_engine, in_rate, in_channels, plans, where)
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile` with static shapes (one graph per chunk shape), on GPUs only.
+
+    On the CPU it does not pay for these models: compiling takes 45 s (warm cache) to 5.5 min
+    (cold) and the compiled forward was no faster (benchmarks/README.md, "--compile").
+    """
+    if device.type == "cpu":
+        warnings.warn(
+            "torch.compile does not speed these models up on the CPU (minutes of compiling, "
+            "no faster afterwards): running without it",
+            stacklevel=3,
+        )
+        return model
+    return torch.compile(model, dynamic=False)  # type: ignore[return-value]
 
 
 def track_name(path: Path) -> str:
