@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LARGE = {"viperx BS-RoFormer": "bs_roformer_viperx_1297", "Kim Mel-RoFormer":
          "mel_band_roformer_kim_vocals"}  # fmt: skip
 aten = torch.ops.aten
-_PRODUCTS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+_PRODUCTS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+             aten.linear.default, aten.matmul.default}  # fmt: skip
 
 
 class EmulateBF16(TorchDispatchMode):
