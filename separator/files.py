@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,15 @@ def _tuple(loader: yaml.SafeLoader, node: yaml.Node) -> tuple:
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", _tuple)
+
+
+def plain(value: Any) -> Any:
+    """Mappings as dicts and tuples as lists, recursively: what YAML and JSON write plainly."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -21,6 +21,20 @@ def _deterministic(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_offline_machine(tmp_path_factory, monkeypatch):
+    """Every test runs as on a fresh machine without network: an empty weights cache, models
+    folder and user config, no default-model override, SEPARATOR_OFFLINE=1 (the loopback
+    `cache` fixture turns it off again), so no test reaches the internet or the user's files."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("SEPARATOR_CACHE", str(home / "cache"))
+    monkeypatch.setenv("SEPARATOR_MODELS", str(home / "models"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("SEPARATOR_OFFLINE", "1")
+    monkeypatch.delenv("SEPARATOR_DEFAULT_MODEL", raising=False)
+    yield
+
+
 def load_golden(name: str):
     """(class name, config dict, state dict, input, output) of a golden file in fixtures/."""
     from safetensors import safe_open

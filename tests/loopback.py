@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -57,8 +59,9 @@ def _handler(state: Server) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def server():
+@contextlib.contextmanager
+def serving() -> Iterator[Server]:
+    """A loopback HTTP server in a thread for the duration of the block."""
     state = Server()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
@@ -71,6 +74,19 @@ def server():
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server():
+    with serving() as state:
+        yield state
+
+
+@pytest.fixture
+def mirror():
+    """A second, independent server (a mirror host)."""
+    with serving() as state:
+        yield state
 
 
 @pytest.fixture

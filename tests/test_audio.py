@@ -8,7 +8,8 @@ import soundfile as sf
 from tiny_models import noise, write_wav
 
 from separator.errors import SeparatorError
-from separator.inference.audio import Resampler, StemWriter, open_audio, output_subtype, resample
+from separator.inference.audio import Resampler, open_audio, resample
+from separator.inference.writers import StemWriter, output_subtype
 
 
 def test_blocks_roundtrip(tmp_path):
@@ -121,14 +122,14 @@ def test_clip_modes(tmp_path):
 def test_unsupported_output_settings():
     with pytest.raises(SeparatorError, match="flac at 32 bits"):
         output_subtype("flac", 32)
-    with pytest.raises(SeparatorError, match="--clip"):
+    with pytest.raises(SeparatorError, match="`clip`"):
         StemWriter(None, 8000, 2, clip="soft")  # type: ignore[arg-type]
 
 
 def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     import os
 
-    from separator.inference.audio import StemWriter
+    from separator.inference.writers import StemWriter
 
     old = os.umask(0o022)
     try:

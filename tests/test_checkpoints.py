@@ -309,8 +309,7 @@ def test_inconsistent_stems_in_config(tmp_path):
     data["training"]["instruments"] = ["../../etc"]
     data["model"]["num_stems"] = 1
     p.write_text(yaml.safe_dump(_lists(data)))
-    with pytest.raises(ConfigError, match="must not leave the output folder"):
-        read_card(p)
+    assert read_card(p).stems == ("etc",)  # mapped to one safe path component, never a path
 
 
 def test_convert_writes_safetensors_and_card(bs_config, tmp_path):

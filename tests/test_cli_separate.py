@@ -50,12 +50,12 @@ def test_real_audio_wav_and_flac_with_residual(tmp_path, music, fake_model, caps
     code = run(wav, flac, "--model", "fake.yaml", "--stems", "vocals,instrumental", "-o", out,
                "--bits", "32", "--clip", "none", "--overlap", "3", "--batch-size", "2")  # fmt: skip
     assert code == 0
-    vocals, rate = sf.read(out / "song" / "vocals.wav", dtype="float32")
-    inst, _ = sf.read(out / "song" / "instrumental.wav", dtype="float32")
+    vocals, rate = sf.read(out / "fake" / "song" / "vocals.wav", dtype="float32")
+    inst, _ = sf.read(out / "fake" / "song" / "instrumental.wav", dtype="float32")
     assert rate == RATE and vocals.shape == music.shape
     np.testing.assert_allclose(vocals, 0.5 * music, atol=1e-6)
     np.testing.assert_allclose(vocals + inst, music, atol=1e-6, rtol=0)
-    v2, rate2 = sf.read(out / "other" / "vocals.wav", dtype="float32")
+    v2, rate2 = sf.read(out / "fake" / "other" / "vocals.wav", dtype="float32")
     assert rate2 == RATE // 2 and v2.shape == music[::2].shape  # rate and length kept
     printed = capsys.readouterr().err
     assert "song.wav" in printed and "vocals, instrumental" in printed and "RTF" in printed
@@ -95,17 +95,18 @@ def test_bad_inputs_fail_alone_and_leave_nothing(tmp_path, fake_model, capsys):
         assert name in line
     assert "Traceback" not in "".join(err_lines)
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == [f"good/{s}.wav" for s in sorted(["vocals", "drums", "bass", "other"])]
+    assert written == [f"fake/good/{s}.wav" for s in sorted(["vocals", "drums", "bass", "other"])]
 
 
-def test_never_overwrites_without_force(tmp_path, fake_model, capsys):
+def test_rerun_skips_existing_outputs_and_force_overwrites(tmp_path, fake_model, capsys):
     song = write_wav(tmp_path / "s.wav", noise(2, 3000), RATE)
     args = [song, "--model", "fake.yaml", "--stems", "bass", "-o", tmp_path / "o"]
     assert run(*args) == 0
-    target = tmp_path / "o" / "s" / "bass.wav"
+    target = tmp_path / "o" / "fake" / "s" / "bass.wav"
     before = target.read_bytes()
-    assert run(*args, "--bits", "16") == 2
-    assert "already exists" in capsys.readouterr().err and target.read_bytes() == before
+    capsys.readouterr()
+    assert run(*args, "--bits", "16") == 0  # a re-run skips what is there
+    assert "s.wav: skipped (exists)" in capsys.readouterr().err and target.read_bytes() == before
     assert run(*args, "--bits", "16", "--force") == 0
     assert sf.info(target).subtype == "PCM_16"
 
@@ -114,7 +115,7 @@ def test_never_overwrites_without_force(tmp_path, fake_model, capsys):
     ("args", "message"),
     [
         (["--stems", "vocals,kazoo"], "unknown stem 'kazoo'; this model has: vocals, drums"),
-        (["--format", "mp3"], "unknown --format"),
+        (["--format", "aiff"], "unknown --format 'aiff'"),
         (["--format", "flac", "--bits", "32"], "flac at 32 bits"),
         (["--overlap", "0.5"], "overlap must be"),
         (["--device", "tpu"], "unknown device"),
@@ -181,8 +182,8 @@ def test_tiny_bs_roformer_checkpoint_end_to_end(tmp_path, music):
     code = run(song, "--model", ckpt, "--config", config, "-o", out, "--stems", "vocals,no_vocals",
                "--bits", "32", "--clip", "none", "-q")  # fmt: skip
     assert code == 0
-    vocals, rate = sf.read(out / "song" / "vocals.wav", dtype="float32")
-    rest, _ = sf.read(out / "song" / "no_vocals.wav", dtype="float32")
+    vocals, rate = sf.read(out / "tiny0" / "song" / "vocals.wav", dtype="float32")
+    rest, _ = sf.read(out / "tiny0" / "song" / "no_vocals.wav", dtype="float32")
     assert rate == RATE and vocals.shape == (2 * RATE, 2)
     np.testing.assert_allclose(vocals + rest, music[: 2 * RATE], atol=1e-6, rtol=0)
     sep = Separator.from_pretrained(ckpt, config=config, device="cpu")

@@ -79,8 +79,8 @@ def test_a_registered_family_separates_end_to_end(tmp_path, toy_family):
     code = separate_main([str(tmp_path / "song.wav"), "--model", card, "-o", str(out),
                           "--bits", "32", "--clip", "none"])  # fmt: skip
     assert code == 0
-    lead, rate = sf.read(out / "song" / "lead.wav", dtype="float32")
-    rest, _ = sf.read(out / "song" / "rest.wav", dtype="float32")
+    lead, rate = sf.read(out / "toy" / "song" / "lead.wav", dtype="float32")
+    rest, _ = sf.read(out / "toy" / "song" / "rest.wav", dtype="float32")
     assert rate == RATE and lead.shape == mix.shape
     np.testing.assert_allclose(lead, 0.25 * mix, atol=1e-6)
     np.testing.assert_allclose(rest, 0.75 * mix, atol=1e-6)

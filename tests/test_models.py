@@ -3,6 +3,8 @@ batched band modules against a straightforward per-band reference."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -124,11 +126,20 @@ def test_unknown_key_is_named():
         BSRoformer(**TINY, freqs_per_bands=TINY_BANDS, dim_heads=4)
 
 
-def test_dropped_key_false_warns_true_refused():
-    with pytest.warns(UserWarning, match="sage_attention"):
+def test_sage_attention_only_chose_a_kernel():
+    """sage_attention (MSST 2025-01..2026-01) picked an attention kernel: same weights, same
+    math. false is accepted silently; true builds the same model with a warning."""
+    plain = BSRoformer(**TINY, freqs_per_bands=TINY_BANDS).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         BSRoformer(**TINY, freqs_per_bands=TINY_BANDS, sage_attention=False)
-    with pytest.raises(ConfigError, match="sage_attention"):
-        BSRoformer(**TINY, freqs_per_bands=TINY_BANDS, sage_attention=True)
+    with pytest.warns(UserWarning, match="sage_attention=true .* standard attention kernel"):
+        sage = BSRoformer(**TINY, freqs_per_bands=TINY_BANDS, sage_attention=True).eval()
+    assert sage.config == plain.config
+    sage.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(1, 1, 3000)
+    with torch.inference_mode():
+        assert torch.equal(sage(x), plain(x))
 
 
 def test_registry_names():

@@ -50,7 +50,9 @@ def test_readme_command_writes_the_shipped_example_stems(tmp_path) -> None:
     )
     assert rc == 0
     for stem in ("vocals", "drums", "bass", "other"):
-        got, rate = sf.read(tmp_path / "bach_bwv10.7" / f"{stem}.flac", dtype="float32")
+        got, rate = sf.read(
+            tmp_path / "separator_default" / "bach_bwv10.7" / f"{stem}.flac", dtype="float32"
+        )
         shipped, _ = sf.read(
             ROOT / "examples" / "separated" / "bach_bwv10.7" / f"{stem}.flac", dtype="float32"
         )

@@ -152,9 +152,9 @@ def test_exported_card_separates(musdb_example, tmp_path):
     song = musdb_example / "test" / "Example - Falcon 69" / "mixture.wav"
     out = tmp_path / "out"
     assert separate_main([str(song), "--model", str(card), "-o", str(out), "--quiet"]) == 0
-    written = sorted(p.name for p in (out / "mixture").iterdir())
+    written = sorted(p.name for p in (out / "tiny_cpu" / "mixture").iterdir())
     assert written == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
-    y, rate = sf.read(out / "mixture" / "vocals.wav")
+    y, rate = sf.read(out / "tiny_cpu" / "mixture" / "vocals.wav")
     assert rate == 44100 and len(y) == sf.info(song).frames
     # `separator evaluate --model` scores the same card through the real engine.
     from separator.cli import main

@@ -145,3 +145,41 @@ def test_part_too_long_restarts(server: Server, cache: Path) -> None:
     path = zoo.fetch(server.url(), SHA, progress=False)
     assert [r[1] for r in server.requests] == [f"bytes={len(PAYLOAD)}-", None]
     assert path.read_bytes() == PAYLOAD
+
+
+# --- mirrors -------------------------------------------------------------------------------------
+
+
+def test_first_host_404_then_mirror_serves_checked_bytes(
+    server: Server, mirror: Server, cache: Path
+) -> None:
+    del server.files["/w/model.bin"]  # the first host lost the file
+    urls = [server.url(), mirror.url()]
+    path = zoo.fetch(urls, SHA, progress=False)
+    assert path == cache / "model.bin" and path.read_bytes() == PAYLOAD
+    assert [r[0] for r in server.requests] == ["/w/model.bin"]  # tried first, got 404
+    assert len(mirror.requests) == 1
+    assert zoo.fetch(urls, SHA, progress=False) == path  # cached: no request at all
+    assert len(server.requests) + len(mirror.requests) == 2
+
+
+def test_mirror_with_other_bytes_is_refused(server: Server, mirror: Server, cache: Path) -> None:
+    server.files["/w/model.bin"] = b"evil" + PAYLOAD[4:]  # the first host serves other bytes
+    path = zoo.fetch([server.url(), mirror.url()], SHA, progress=False)
+    assert path.read_bytes() == PAYLOAD  # the mismatch was deleted, the mirror's bytes kept
+    mirror.files["/w/model.bin"] = b"evil" + PAYLOAD[4:]
+    path.unlink()
+    with pytest.raises(SeparatorError) as err:
+        zoo.fetch([server.url(), mirror.url()], SHA, progress=False)
+    message = str(err.value)
+    assert "all 2 URLs failed" in message and message.count("sha256 mismatch") == 2
+    assert "\n" not in message and list(cache.iterdir()) == []
+
+
+def test_unpublished_hash_is_pinned_under_the_first_url(
+    server: Server, mirror: Server, cache: Path
+) -> None:
+    del server.files["/w/model.bin"]
+    with pytest.warns(UserWarning, match="pinned"):
+        zoo.fetch([server.url(), mirror.url()], None, progress=False)
+    assert json.loads((cache / "pins.json").read_text()) == {server.url(): SHA}

@@ -4,6 +4,7 @@ ensembles from the command line, and import of MSST checkpoints."""
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 from pathlib import Path
 
@@ -14,9 +15,19 @@ import torch
 import yaml
 
 from separator.cli import main, separate_main
+from separator.errors import SeparatorError
 from separator.inference import Separator, load_separator
-from separator.zoo import EnsembleCard, ModelCard, all_cards, build_model, load_model, read_card
-from separator.zoo.catalog import card_files
+from separator.zoo import (
+    ChainCard,
+    EnsembleCard,
+    ModelCard,
+    all_cards,
+    build_model,
+    load_model,
+    read_card,
+    resolve,
+)
+from separator.zoo.catalog import card_files, checkpoint_names, models_dir
 from separator.zoo.formats import save_state_dict
 from tests.loopback import Server
 from tests.test_checkpoints import MSST_BS_YAML, write_evil_checkpoint
@@ -26,24 +37,75 @@ from tests.test_checkpoints import MSST_BS_YAML, write_evil_checkpoint
 
 def test_every_shipped_card_builds_with_its_stems() -> None:
     cards = all_cards()  # raises on duplicate names
-    assert len(cards) == len(card_files()) >= 6
+    assert len(cards) == len(card_files()) >= 80
+    built: dict[str, tuple] = {}  # many cards share one config: build each shape once
     for name, card in cards.items():
         assert card.path.stem == name, f"{card.path}: file name differs from the card name"
         if isinstance(card, EnsembleCard):
             for member in card.models:
                 assert isinstance(cards.get(member), ModelCard), f"{name}: unknown {member}"
             continue
-        with torch.device("meta"):
-            model = build_model(card)
-        assert model.stems == card.stems and model.config.num_stems == len(card.stems)
-        assert card.weights.get("url") or card.weights.get("file"), name
+        if not isinstance(card, ModelCard):
+            continue  # chains: see test_chain_cards_name_known_models_and_stems
+        key = json.dumps([card.architecture, card.model, card.sample_rate], sort_keys=True)
+        if key not in built:
+            with torch.device("meta"):
+                model = build_model(card)
+            built[key] = (model.config.num_stems, sum(p.numel() for p in model.parameters()))
+            assert model.stems == card.stems, name
+        num_stems, params = built[key]
+        assert num_stems == len(card.stems), name
+        assert card.urls or card.weights.get("file"), name
+        assert all(u.startswith("https://") for u in card.urls), name
         sha = card.weights.get("sha256")
         assert sha is None or len(sha) == 64
         n = card.weights.get("size")
-        if n and str(card.weights.get("url", "")).endswith(".ckpt"):
+        if n and any(u.endswith((".ckpt", ".pth")) for u in card.urls):
             # a float32 checkpoint holds 4 bytes per parameter (plus a little pickle framing)
-            params = sum(p.numel() for p in model.parameters())
             assert abs(n / 4 - params) / params < 0.01, name
+
+
+def test_known_checkpoint_names_have_cards_or_reasons() -> None:
+    """Every RoFormer file name audio-separator and UVR offer resolves to its card, or is listed in
+    models/known_checkpoints.txt with the reason it has none (and then must not resolve)."""
+    names = checkpoint_names()
+    lines = (models_dir() / "known_checkpoints.txt").read_text().splitlines()
+    entries = [line.split(" | ") for line in lines if line.strip() and not line.startswith("#")]
+    assert len(entries) >= 86
+    without = []
+    for entry in entries:
+        file = entry[0].strip()
+        if len(entry) == 1:
+            assert file in names, f"{file}: no card has a weights URL with this file name"
+            assert resolve(file)[0].name == names[file]
+            assert resolve(Path(file).stem)[0].name == names[file]  # the stem works too
+        else:
+            assert entry[1].startswith("no card: ") and len(entry[1]) > 30, file
+            assert file not in names, f"{file}: has a card now; drop its reason"
+            without.append(file)
+    assert len(without) <= 8
+
+
+def test_checkpoint_file_name_resolves_from_the_cli(capsys) -> None:
+    assert main(["models", "show", "model_bs_roformer_ep_317_sdr_12.9755.ckpt"]) == 0
+    assert "name: bs_roformer_viperx_1297" in capsys.readouterr().out
+    with pytest.raises(SeparatorError, match="no such model file"):
+        resolve("surely_not_a_known_checkpoint.ckpt")
+
+
+def test_chain_cards_name_known_models_and_stems() -> None:
+    from separator.inference.stems import available_stems
+
+    cards = all_cards()
+    chains = [c for c in cards.values() if isinstance(c, ChainCard)]
+    assert len(chains) >= 2
+    for chain in chains:
+        for model, stem in chain.steps:
+            card = cards.get(model)
+            assert isinstance(card, ModelCard), f"{chain.name}: unknown model {model}"
+            assert stem is None or stem in available_stems(card.stems), (chain.name, stem)
+    presets = [c for c in cards.values() if isinstance(c, EnsembleCard)]
+    assert {"min_fft", "max_fft", "max_spec", "avg"} <= {p.method for p in presets}
 
 
 def test_required_community_models_are_there() -> None:
@@ -65,6 +127,24 @@ def test_models_list_shows_reported_sdr(capsys) -> None:
     row = next(line for line in out.splitlines() if "bs_roformer_viperx_1297" in line)
     assert "vocals 10.87" in row and "bs_roformer" in row and "639 MB" in row
     assert "mel_band_roformer_kim_vocals" in out
+
+
+def test_models_list_filters_sort_and_json(capsys) -> None:
+    argv = ["models", "list", "--arch", "bs_roformer", "--stem", "vocals", "--sort", "sdr"]
+    assert main([*argv, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 5 and {r["architecture"] for r in rows} == {"bs_roformer"}
+    assert all("vocals" in r["stems"] for r in rows)
+    vocal_sdr = [r["sdr"].get("vocals") for r in rows]
+    known = [v for v in vocal_sdr if v is not None]
+    assert known == sorted(known, reverse=True) and vocal_sdr[: len(known)] == known
+    assert main(["models", "list", "--search", "DEREVERB", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 8 and all("dereverb" in r["name"] or "deverb" in str(r) for r in rows)
+    assert main(["models", "list", "--arch", "ensemble", "--json"]) == 0
+    assert {r["kind"] for r in json.loads(capsys.readouterr().out)} == {"ensemble"}
+    assert main(["models", "list", "--sort", "size"]) == 2
+    assert "--sort" in capsys.readouterr().err
 
 
 # --- a model served from 127.0.0.1 ---------------------------------------------------------------
@@ -136,7 +216,9 @@ def test_separate_by_name_downloads_verifies_and_caches(
     direct = Separator(load_model(read_card(user_models / "tiny_a.yaml"), cached), device="cpu")
     wav = torch.from_numpy(_read(song).T.copy())
     expected = direct.separate_tensor(wav, 44100)["vocals"].numpy().T
-    np.testing.assert_allclose(_read(tmp_path / "out" / "song" / "vocals.wav"), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        _read(tmp_path / "out" / "tiny_a" / "song" / "vocals.wav"), expected, atol=1e-6
+    )
     assert main(["models", "verify", "tiny_a"]) == 0
     assert "OK" in capsys.readouterr().out
     requests = len(server.requests)
@@ -202,7 +284,8 @@ def test_cli_ensemble_is_the_weighted_average(
         folder = tmp_path / models.replace(",", "+")
         argv = [str(song), "--model", models, "-o", str(folder), "-q", "--bits", "32"] + extra
         assert separate_main(argv) == 0
-        out[models] = _read(folder / "song" / "vocals.wav")
+        label = models.replace(",", "+")  # {model} of an ensemble: its members joined by "+"
+        out[models] = _read(folder / label / "song" / "vocals.wav")
     expected = (out["tiny_e"] + 3 * out["tiny_f"]) / 4
     np.testing.assert_allclose(out["tiny_e,tiny_f"], expected, atol=1e-6)
     assert np.abs(out["tiny_e"] - out["tiny_f"]).max() > 1e-3

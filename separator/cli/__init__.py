@@ -1,16 +1,14 @@
 """Command line: `separate` (the main job) and `separator` (convert, evaluate, train, models).
 
-One module per command group (`separate`, `models`, `evaluate`, `train`, `convert`); `common`
-holds the apps, the one-line errors and the exit codes. `python -m separator.cli` runs
-`separator` (for torchrun).
+One module per command group (`separate`, `models`, `evaluate`, `train`, `convert`, `info`,
+`ensemble`); `common` holds the apps, the one-line errors and the exit codes.
+`python -m separator.cli` runs `separator` (for torchrun).
 """
 
 from __future__ import annotations
 
-import sys
-
-from separator.cli import convert, evaluate, models, separate, train  # noqa: F401 (commands)
-from separator.cli.common import app, run_app, separate_app
+from separator.cli import convert, ensemble, evaluate, info, models, separate, train  # noqa: F401
+from separator.cli.common import app, exit_process, run_app, separate_app
 
 
 @app.callback()
@@ -29,8 +27,8 @@ def separate_main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:  # pragma: no cover - thin wrapper for the console script
-    sys.exit(main())
+    exit_process(main())
 
 
 def separate_console_main() -> None:  # pragma: no cover - thin wrapper for the console script
-    sys.exit(separate_main())
+    exit_process(separate_main())

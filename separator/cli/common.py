@@ -55,6 +55,17 @@ ARGUMENT_FLAGS = {
     "batch_size": "--batch-size",
     "precision": "--precision",
     "clip": "--clip",
+    "fmt": "--format",
+    "bits": "--bits",
+    "bitrate": "--bitrate",
+    "sample_rate": "--sample-rate",
+    "normalize": "--normalize",
+    "clip_level": "--clip-mode",
+    "preset": "--mp3-preset",
+    "residual": "--other-method",
+    "stems": "--stems",
+    "resume=True": "--resume",
+    "output_dir": "output_dir=DIR",
 }
 
 
@@ -67,6 +78,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one error line (no traceback) and return the Exit to raise."""
     typer.echo(f"error: {cli_message(message)}", err=True)
     return typer.Exit(code)
+
+
+def exit_process(code: int) -> None:
+    """Exit with `code`. After Ctrl-C or SIGTERM (130/143), worker threads may still be inside a
+    model call: exit at once (outputs are already cleaned up) rather than wait for them, and
+    without the interpreter's shutdown, which can abort while torch threads run."""
+    import sys
+
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def run_app(typer_app: typer.Typer, argv: list[str] | None) -> int:

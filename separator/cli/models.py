@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from separator.cli.common import app
+from separator.cli.common import app, fail
 from separator.errors import SeparatorError
 
 models_app = typer.Typer(
@@ -17,31 +18,72 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
-def models_list_cmd() -> None:
+def models_list_cmd(
+    arch: Annotated[
+        str | None,
+        typer.Option(help="only this architecture (bs_roformer, ...), ensemble or chain"),
+    ] = None,
+    stem: Annotated[str | None, typer.Option(help="only models that give this stem")] = None,
+    search: Annotated[
+        str | None, typer.Option(help="text in the name, stems, source, notes or licence")
+    ] = None,
+    sort: Annotated[str, typer.Option(help="name, or sdr (highest reported SDR first)")] = "name",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
     """Table of every known model: architecture, stems, reported SDR, size, cached or not."""
-    from rich.console import Console
-    from rich.table import Table
+    import json
 
-    from separator.zoo import EnsembleCard, all_cards
+    from separator.zoo import all_cards
+    from separator.zoo.listing import matches, sort_by_sdr, summary
+
+    if sort not in ("name", "sdr"):
+        raise fail(f"unknown --sort {sort!r}; use name or sdr")
+    cards = all_cards()
+    names = [n for n, c in cards.items() if matches(c, cards, arch=arch, stem=stem, search=search)]
+    names = sort_by_sdr(names, cards, stem) if sort == "sdr" else sorted(names)
+    rows = [summary(cards[n], cards, _cached(cards[n], cards)) for n in names]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    _print_table(rows)
+
+
+def _cached(card, cards) -> bool | str:
+    """True/False, or "bundled" for a card whose weights file ships with it."""
+    from separator.zoo import ModelCard
     from separator.zoo.loader import is_cached
 
-    table = Table("name", "architecture", "stems", "reported SDR (dB)", "size", "cached")
-    cards = all_cards()
-    for name, card in cards.items():
-        if isinstance(card, EnsembleCard):
-            arch, size = f"ensemble ({card.method})", "-"
-            members = [cards[m] for m in card.models if m in cards]
-            union = dict.fromkeys(s for m in members for s in getattr(m, "stems", ()))
-            stems = ",".join(card.stem_models or union)
-            cached = "yes" if all(is_cached(m) for m in members) else "no"
-        else:
-            arch, stems = card.architecture, ",".join(card.stems)
-            n = card.weights.get("size")
-            size = f"{n / 1e6:.0f} MB" if n else "?"
-            local = card.weights.get("file") and card.weights_path is not None
-            cached = "bundled" if local else ("yes" if is_cached(card) else "no")
-        table.add_row(name, arch, stems, _sdr_text(card.sdr), size, cached)
-    Console(width=200).print(table)
+    if isinstance(card, ModelCard):
+        return "bundled" if card.weights.get("file") else is_cached(card)
+    members = [cards[m] for m in getattr(card, "models", ()) if m in cards]
+    return bool(members) and all(_cached(m, cards) for m in members)
+
+
+def _print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    # Names stay whole (they are copied into --model); the other columns wrap to fit.
+    table = Table(
+        Column("name", no_wrap=True),
+        Column("architecture", overflow="fold"),
+        Column("stems", overflow="fold"),
+        Column("reported SDR (dB)", overflow="fold"),
+        Column("size", no_wrap=True),
+        Column("cached", no_wrap=True),
+    )
+    for row in rows:
+        n = row.get("size")
+        size = f"{n / 1e6:.0f} MB" if n else ("-" if row["kind"] != "model" else "?")
+        cached = row["cached"]
+        state = cached if isinstance(cached, str) else ("yes" if cached else "no")
+        table.add_row(
+            row["name"], row["architecture"], ", ".join(row["stems"]), _sdr_text(row["sdr"]),
+            size, state,
+        )  # fmt: skip
+    # On a terminal: its width (cells wrap to fit). Piped: rows are never wrapped, so that grep
+    # finds a model's whole row.
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)
 
 
 def _sdr_text(sdr: dict) -> str:
@@ -52,37 +94,64 @@ def _sdr_text(sdr: dict) -> str:
 
 def _card(name: str):
     from separator.zoo import all_cards
+    from separator.zoo.catalog import checkpoint_names
 
-    card = all_cards().get(name)
+    cards = all_cards()
+    card = cards.get(name) or cards.get(checkpoint_names().get(name, ""))
     if card is None:
         raise SeparatorError(f"unknown model {name!r}; `separator models list` shows the names")
     return card
 
 
 @models_app.command("show")
-def models_show_cmd(name: Annotated[str, typer.Argument(help="model name")]) -> None:
-    """Print a model's card and where its weights are."""
-    from separator.zoo import EnsembleCard
-    from separator.zoo.loader import cached_path
+def models_show_cmd(
+    name: Annotated[str, typer.Argument(help="model name (or a checkpoint file name)")],
+) -> None:
+    """Print a model's card, its weight URLs (first, then mirrors) and what is on this machine."""
+    from separator.zoo import ModelCard, all_cards
 
     card = _card(name)
-    typer.echo(card.path.read_text().rstrip() if card.path else name)
-    if not isinstance(card, EnsembleCard):
-        path = cached_path(card)
-        state = "present" if path and path.is_file() else "not downloaded"
-        typer.echo(f"# weights: {path} ({state})")
+    typer.echo(card.path.read_text().rstrip() if card.path else card.name)
+    cards = all_cards()
+    members = [card] if isinstance(card, ModelCard) else []
+    members += [
+        cards[m] for m in getattr(card, "models", ()) if isinstance(cards.get(m), ModelCard)
+    ]
+    for member in members:
+        for line in _weights_state(member):
+            typer.echo(f"# {line}")
+
+
+def _weights_state(card) -> list[str]:
+    """Lines on where a model's weights come from and whether they are here, and verified how."""
+    from separator.zoo.download import pinned_sha256
+    from separator.zoo.loader import cached_path
+
+    path = cached_path(card)
+    state = "present" if path and path.is_file() else "not downloaded"
+    lines = [f"{card.name}: weights {path} ({state})"]
+    lines += [f"  {'url' if i == 0 else 'mirror'}: {u}" for i, u in enumerate(card.urls)]
+    published = card.weights.get("sha256")
+    pinned = pinned_sha256(card.urls[0]) if card.urls else None
+    if published:
+        lines.append(f"  sha256 (published): {published}")
+    elif pinned:
+        lines.append(f"  sha256 (pinned at first download): {pinned}")
+    elif card.urls:
+        lines.append("  sha256: none published; the first download will be pinned")
+    return lines
 
 
 @models_app.command("download")
 def models_download_cmd(
-    names: Annotated[list[str], typer.Argument(help="model names (ensembles: their members)")],
+    names: Annotated[list[str], typer.Argument(help="model names (ensembles, chains: members)")],
 ) -> None:
     """Download and verify models' weights into the cache (SEPARATOR_CACHE overrides it)."""
-    from separator.zoo import EnsembleCard, weights_file
+    from separator.zoo import ModelCard, weights_file
 
     for name in names:
         card = _card(name)
-        members = [_card(m) for m in card.models] if isinstance(card, EnsembleCard) else [card]
+        members = [card] if isinstance(card, ModelCard) else [_card(m) for m in card.models]
         for member in members:
             typer.echo(f"{member.name}: {weights_file(member, offline=False)}")
 
@@ -105,7 +174,7 @@ def models_verify_cmd(
             typer.echo(f"{name}: not downloaded ({path})")
             bad += 1
             continue
-        expected = card.weights.get("sha256") or pinned_sha256(card.weights.get("url", ""))
+        expected = card.weights.get("sha256") or pinned_sha256(card.urls[0] if card.urls else "")
         actual = sha256_file(path)
         if expected is None:
             typer.echo(f"{name}: {path} sha256 {actual} (no published or pinned hash to compare)")

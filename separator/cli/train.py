@@ -20,6 +20,9 @@ def train_cmd(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from OUTPUT_DIR/last.ckpt")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace an earlier run in OUTPUT_DIR")
+    ] = False,
 ) -> None:
     """Train a model from a recipe. Extra `key=value` arguments override the recipe
     (e.g. data.root=/data/musdb18hq output_dir=runs/x training.lr=3e-4).
@@ -28,7 +31,10 @@ def train_cmd(
     """
     from separator.training import load_recipe, train
 
-    result = train(load_recipe(recipe, ctx.args), resume=resume)
+    def progress(line: str) -> None:
+        typer.echo(line, err=True)
+
+    result = train(load_recipe(recipe, ctx.args), resume=resume, force=force, progress=progress)
     typer.echo(f"done: step {result['step']}, best validation SDR {result['best_sdr']:.2f} dB")
 
 

@@ -1,5 +1,5 @@
-"""Audio in and out: block reading (soundfile, ffmpeg fallback), whole-file reading, resampling,
-safe writing.
+"""Audio in: block reading (soundfile, ffmpeg fallback), whole-file reading, resampling.
+Writing is `separator.inference.writers`.
 
 Blocks are numpy float32 arrays shaped (frames, channels), the layout soundfile and soxr use;
 the engine's side converts them to (channels, frames) tensors. `read_audio` returns
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +24,9 @@ import soundfile as sf
 import soxr
 
 from separator.errors import SeparatorError
-from separator.files import commit_temp, temp_beside
 
 BLOCK_FRAMES = 65536
 SOUNDFILE_FORMATS = "WAV, FLAC, OGG, MP3"
-OUTPUT_SUBTYPES = {
-    ("wav", 16): "PCM_16",
-    ("wav", 24): "PCM_24",
-    ("wav", 32): "FLOAT",
-    ("flac", 16): "PCM_16",
-    ("flac", 24): "PCM_24",
-}
-CLIP_MODES = ("rescale", "clamp", "none")
-DEFAULT_FORMAT, DEFAULT_BITS, DEFAULT_CLIP = "wav", 24, "rescale"
 
 
 @dataclass
@@ -104,7 +96,38 @@ def open_audio(path: str | os.PathLike) -> AudioSource:
     if f.frames == 0:
         f.close()
         raise SeparatorError(f"{path}: zero-length audio (no samples to separate)")
+    _warn_if_truncated(path, f)
     return AudioSource(path, f.samplerate, f.channels, frames, f)
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file holds fewer samples than its header announces (cut off mid-file)."""
+
+
+# libsndfile logs "data : <header bytes> (should be <bytes present>)" for a short data chunk.
+_SHORT_DATA = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Lengths that writers to a pipe leave in the header (ffmpeg: 0xFFFFFFFF): unknown, not wrong.
+_UNKNOWN_LENGTH = 0x7FFFF000
+
+
+def _warn_if_truncated(path: Path, f: sf.SoundFile) -> None:
+    """Warn when the header's data length exceeds the data present; libsndfile reads what is
+    there (its frame count is the present one), so the file still separates, only shorter."""
+    found = _SHORT_DATA.search(f.extra_info)
+    if found is None or f.frames <= 0:
+        return
+    announced, present = int(found.group(1)), int(found.group(2))
+    if announced <= present or announced >= _UNKNOWN_LENGTH:
+        return
+    per_frame = max(1, present // f.frames)
+    header_frames, rate = announced // per_frame, f.samplerate
+    warnings.warn(
+        f"{path}: truncated: the header announces {header_frames} frames "
+        f"({header_frames / rate:.2f} s) but the file holds {f.frames} ({f.frames / rate:.2f} s); "
+        "reading the samples that are there",
+        TruncatedAudioWarning,
+        stacklevel=3,
+    )
 
 
 def read_audio(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
@@ -219,86 +242,3 @@ def resample(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     if r.passthrough:
         return x
     return np.concatenate([r(x), r(x[:0], last=True)])
-
-
-def output_subtype(fmt: str, bits: int) -> str:
-    """soundfile subtype for an output format and bit depth; `SeparatorError` if unsupported."""
-    try:
-        return OUTPUT_SUBTYPES[(fmt, bits)]
-    except KeyError:
-        ok = ", ".join(f"{f} {b}" for f, b in OUTPUT_SUBTYPES)
-        raise SeparatorError(f"cannot write {fmt} at {bits} bits; supported: {ok}") from None
-
-
-class StemWriter:
-    """Writes one stem to a hidden temporary file next to `path`; `commit()` renames it.
-
-    Until `commit`, `path` is untouched, so an interrupted run never leaves a truncated stem.
-    `clip`: "clamp" limits samples to [-1, 1]; "rescale" divides the whole stem by its peak when
-    the peak exceeds 1 (a second pass over a float32 temporary, since the peak is only known at
-    the end); "none" keeps float samples as they are (integer formats still saturate rather than
-    wrap around).
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        sample_rate: int,
-        channels: int,
-        *,
-        fmt: str = "wav",
-        bits: int = 24,
-        clip: str = "rescale",
-    ) -> None:
-        if clip not in CLIP_MODES:
-            raise SeparatorError(f"unknown --clip {clip!r}; choose one of {', '.join(CLIP_MODES)}")
-        self.path, self.sample_rate, self.channels = path, sample_rate, channels
-        self.fmt, self.subtype, self.clip = fmt, output_subtype(fmt, bits), clip
-        self.peak = 0.0
-        # Folders made here are removed again by abort(), so a failure leaves nothing behind.
-        self._made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = temp_beside(path)
-        self._two_pass = clip == "rescale"
-        fmt_tmp, sub_tmp = ("WAV", "FLOAT") if self._two_pass else (fmt.upper(), self.subtype)
-        self._file = sf.SoundFile(self.tmp, "w", sample_rate, channels, sub_tmp, format=fmt_tmp)
-
-    def write(self, block: np.ndarray) -> None:
-        """Append (n, channels) float32 samples."""
-        self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
-        if self.clip == "clamp" or (self.clip == "none" and self.subtype != "FLOAT"):
-            block = np.clip(block, -1.0, 1.0)
-        self._file.write(block)
-
-    def commit(self) -> Path:
-        """Finish the file and move it into place; returns the final path."""
-        self._file.close()
-        if self._two_pass and (self.peak > 1.0 or self.subtype != "FLOAT" or self.fmt != "wav"):
-            self._transcode(1.0 / max(self.peak, 1.0))
-        return commit_temp(self.tmp, self.path)
-
-    def abort(self) -> None:
-        """Drop the temporary file; the final path is never created."""
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
-        for folder in self._made:  # innermost first
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: another stem or file lives there
-                break
-
-    def _transcode(self, gain: float) -> None:
-        out = temp_beside(self.path)
-        try:
-            with (
-                sf.SoundFile(self.tmp) as src,
-                sf.SoundFile(
-                    out, "w", self.sample_rate, self.channels, self.subtype, format=self.fmt.upper()
-                ) as dst,
-            ):
-                for block in src.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
-                    dst.write(np.clip(block * gain, -1.0, 1.0) if gain != 1.0 else block)
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
-        out.replace(self.tmp)

@@ -26,13 +26,25 @@ import contextlib
 import math
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from separator.errors import SeparatorError
+from separator.inference.inputs import as_waveform
 
 DEFAULT_OVERLAP = 2.0
 DEFAULT_BATCH_SIZE = 1
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+class NonFiniteOutputError(SeparatorError):
+    """The model returned NaN or infinite samples (corrupt weights, or a reduced-precision
+    overflow). `seconds`: where the first bad chunk starts in the input."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 @runtime_checkable
@@ -239,6 +251,7 @@ class StreamingEngine:
                 f"{(n, self.n_stems, self.channels, self.chunk)}"
             )
         y = y.to("cpu", torch.float32)
+        self._check_finite(y, first)
         self.evaluations += n
         for k in range(n):
             off = first + k * self.step - self._acc_pos
@@ -246,6 +259,34 @@ class StreamingEngine:
         out = self._emit(min(next_start, self._pad_end()))
         self._slide(next_start)
         return out
+
+    def _check_finite(self, y: Tensor, first: int) -> None:
+        """Refuse NaN/inf output of the batch whose first chunk starts at padded `first`: written
+        out it would become a full-scale DC stem (integer formats) or NaNs (float)."""
+        if bool(torch.isfinite(y).all()):  # one pass per batch: the cheap common case
+            return
+        k = int((~torch.isfinite(y)).flatten(1).any(1).nonzero()[0, 0])
+        start = max(0, first + k * self.step - self.pad_left)  # the input's samples at model rate
+        seconds = start / float(self.model.sample_rate)
+        precision = self.precision
+        hint = (
+            f"{precision} can overflow: try `precision` fp32"
+            if precision != "fp32"
+            else "its weights may hold NaN/inf: check the checkpoint"
+        )
+        raise NonFiniteOutputError(
+            f"model {model_name(self.model)} returned NaN or infinite samples at precision "
+            f"{precision}, first in the chunk at {seconds:.2f} s of the input; {hint}",
+            seconds,
+        )
+
+    @property
+    def precision(self) -> str:
+        """ "fp32", "bf16" or "fp16": the autocast dtype, else the model's parameter dtype."""
+        if self.autocast_dtype is not None:
+            return PRECISION_NAMES.get(self.autocast_dtype, str(self.autocast_dtype))
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        return PRECISION_NAMES.get(dtype, str(dtype)) if dtype is not None else "fp32"
 
     def _emit(self, upto: int) -> Tensor:
         """Return the normalised samples in [emitted, upto): (stems, channels, m)."""
@@ -271,6 +312,11 @@ class StreamingEngine:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
+def model_name(model: nn.Module) -> str:
+    """How messages name a model: the card's name the zoo sets (`model_name`), else its class."""
+    return str(getattr(model, "model_name", None) or type(model).__name__)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -279,18 +325,20 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def separate_tensor(
     model: nn.Module,
-    mix: Tensor,
+    mix: Tensor | np.ndarray,
     *,
     overlap: float = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
     chunk_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Separate a whole (channels, time) float tensor at the model's rate.
+    """Separate a whole (channels, time) waveform at the model's rate.
 
-    Returns (stems, channels, time) float32 on the CPU. Same code path as streaming: the whole
-    tensor is pushed as a single block.
+    `mix`: a torch tensor or numpy array; integer PCM is scaled to [-1, 1) as soundfile reads it
+    (`separator.inference.inputs.as_waveform`). Returns (stems, channels, time) float32 on the
+    CPU. Same code path as streaming: the whole tensor is pushed as a single block.
     """
+    mix = as_waveform(mix, "mix")
     if mix.dim() != 2:
         raise SeparatorError(f"expected a (channels, time) tensor, got shape {tuple(mix.shape)}")
     engine = StreamingEngine(
@@ -317,6 +365,7 @@ class TTAModel(nn.Module):
         self.model = model
         self.sample_rate, self.stems = model.sample_rate, tuple(model.stems)
         self.audio_channels, self.chunk_size = model.audio_channels, model.chunk_size
+        self.model_name = model_name(model)
 
     def forward(self, x: Tensor) -> Tensor:
         swap = self.audio_channels == 2

@@ -1,13 +1,11 @@
 """Ensembles: several models separate the same input and their stems are combined.
 
 Each member runs its own streaming pipeline (its own rate, chunk and overlap); their finished
-outputs, all at the input rate, are aligned and combined stem by stem:
-
-- `avg`: weighted mean of the waveforms (the default, as in MSST's `ensemble.py`);
-- `median`: element-wise median of the waveforms (weights ignored);
-- `max_spec` / `min_spec`: per STFT bin, the member value with the largest / smallest magnitude,
-  then the inverse STFT (weights ignored). The STFT is a streaming weighted overlap-add (periodic
-  Hann, 2048 / hop 512), so memory stays constant and equal members give back their input.
+outputs, all at the input rate, are aligned and combined stem by stem by one of the methods of
+`separator.inference.combine` (ENSEMBLE_METHODS): `avg` (weighted mean of the waveforms, the
+default, as MSST's `ensemble.py`), `median`, `min_wave` / `max_wave` (smallest / largest
+magnitude per sample), `max_spec` / `min_spec` (per STFT bin), and MSST's `avg_fft`,
+`median_fft`, `min_fft`, `max_fft`. The spectral ones stream too, so memory stays constant.
 
 A stem that only some members have is combined over those members.
 """
@@ -18,16 +16,13 @@ from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from separator.errors import ConfigError, SeparatorError
+from separator.inference.combine import WAVE_METHODS, SpecCombiner, combine_waves
 from separator.inference.pipeline import PipelineBase, pop_samples
 from separator.inference.separator import SeparatorBase
 from separator.inference.stems import StemPlan
-from separator.zoo.cards import ENSEMBLE_METHODS, check_ensemble
-
-SPEC_N_FFT = 2048
-SPEC_HOP = 512
+from separator.zoo.cards import ENSEMBLE_METHODS, canonical_method, check_ensemble
 
 
 class Ensemble(SeparatorBase):
@@ -46,6 +41,7 @@ class Ensemble(SeparatorBase):
         names: Sequence[str] | None = None,
     ) -> None:
         names = list(names or [f"model{i}" for i in range(len(members))])
+        method = canonical_method(method)
         try:
             check_ensemble(names, weights, method, "ensemble")
         except ConfigError as e:
@@ -92,8 +88,18 @@ class _EnsemblePipeline(PipelineBase):
         # finished member output not yet matched by every other member
         self.buffers = [{s: deque() for s in mine} for _, _, mine in self.members]
         self.ready = [0] * len(self.members)
-        spectral = ens.method in ("max_spec", "min_spec")
-        self.spec = {s: _SpecCombiner(ens.method, in_channels) for s in names} if spectral else None
+        self.weights = {
+            s: [ens.weights[i] for i, _, mine in self.members if s in mine] for s in names
+        }
+        for stem, w in self.weights.items():
+            if ens.method in ("avg", "avg_fft") and sum(w) <= 0:
+                raise SeparatorError(f"ensemble: the members that have {stem!r} all have weight 0")
+        spectral = ens.method not in WAVE_METHODS
+        self.spec = (
+            {s: SpecCombiner(ens.method, in_channels, self.weights[s]) for s in names}
+            if spectral
+            else None
+        )
 
     def push(self, block: np.ndarray) -> dict[str, np.ndarray]:
         self._take_input(block)
@@ -123,86 +129,20 @@ class _EnsemblePipeline(PipelineBase):
         return self._assemble(lambda i: combined[self.ens.stems[i]], m)
 
     def _combine(self, stem: str, n: int) -> np.ndarray:
-        """The next `n` samples of `stem` from its members, combined ((K, n, C) for max/min_spec,
-        which the spectral combiner picks from)."""
-        parts, weights = [], []
-        for k, (i, _, mine) in enumerate(self.members):
-            if stem in mine:
-                parts.append(pop_samples(self.buffers[k][stem], n, self.in_channels))
-                weights.append(self.ens.weights[i])
+        """The next `n` samples of `stem` from its members, combined ((K, n, C) for a spectral
+        method, which the spectral combiner picks from)."""
+        parts = [
+            pop_samples(self.buffers[k][stem], n, self.in_channels)
+            for k, (_, _, mine) in enumerate(self.members)
+            if stem in mine
+        ]
         if self.spec is not None:
             return np.stack(parts)
         if len(parts) == 1:
             return parts[0]
-        x = np.stack(parts)
-        if self.ens.method == "median":
-            return np.median(x, axis=0).astype(np.float32)
-        w = np.asarray(weights, np.float32)
-        if w.sum() <= 0:
-            raise SeparatorError(f"ensemble: the members that have {stem!r} all have weight 0")
-        return np.tensordot(w / w.sum(), x, axes=1).astype(np.float32)
+        return combine_waves(self.ens.method, np.stack(parts), self.weights[stem])
 
 
-class _SpecCombiner:
-    """Streaming STFT -> per-bin max/min-magnitude pick -> inverse STFT, for one stem.
-
-    Input blocks (K members, n, C), output (n', C) finished samples; the total output has exactly
-    the total input length. Periodic Hann analysis and synthesis windows at hop N/4 sum (squared)
-    to 3/2 everywhere, so identical members are reproduced to rounding error.
-    """
-
-    def __init__(self, method: str, channels: int) -> None:
-        self.pick_max = method == "max_spec"
-        self.window = torch.hann_window(SPEC_N_FFT, periodic=True, dtype=torch.float64)
-        self.norm = (self.window**2).reshape(4, SPEC_HOP).sum(0).numpy()  # 1.5 at every offset
-        self.lead = SPEC_N_FFT - SPEC_HOP  # zeros before the signal: every sample sees 4 frames
-        self.buf: np.ndarray | None = None  # (K, m, C) samples not yet consumed by a frame
-        self.acc = np.zeros((SPEC_N_FFT, channels))  # overlap-add accumulator
-        self.to_skip = self.lead
-        self.n_in = self.n_out = 0
-        self.channels = channels
-
-    def push(self, x: np.ndarray, *, last: bool) -> np.ndarray:
-        k = x.shape[0]
-        if self.buf is None:
-            self.buf = np.zeros((k, self.lead, self.channels))
-        self.n_in += x.shape[1]
-        self.buf = np.concatenate([self.buf, x.astype(np.float64)], axis=1)
-        if last:  # pad so every real sample is covered by all its frames
-            pad = self.lead + (-(self.buf.shape[1] - SPEC_N_FFT) % SPEC_HOP)
-            self.buf = np.concatenate([self.buf, np.zeros((k, pad, self.channels))], axis=1)
-        frames = (
-            1 + (self.buf.shape[1] - SPEC_N_FFT) // SPEC_HOP
-            if self.buf.shape[1] >= SPEC_N_FFT
-            else 0
-        )
-        y = np.zeros((0, self.channels))
-        if frames > 0:
-            buf = torch.from_numpy(self.buf)
-            idx = torch.arange(frames)[:, None] * SPEC_HOP + torch.arange(SPEC_N_FFT)
-            seg = buf[:, idx] * self.window[None, None, :, None]  # (K, F, N, C)
-            spec = torch.fft.rfft(seg, dim=2)
-            mag = spec.abs()
-            pick = mag.argmax(0) if self.pick_max else mag.argmin(0)
-            chosen = torch.gather(spec, 0, pick[None]).squeeze(0)  # (F, bins, C)
-            frame_out = (
-                torch.fft.irfft(chosen, n=SPEC_N_FFT, dim=1) * self.window[:, None]
-            ).numpy()
-            done = frames * SPEC_HOP  # samples that every frame covering them has reached
-            span = np.zeros((done + SPEC_N_FFT - SPEC_HOP, self.channels))
-            span[:SPEC_N_FFT] += self.acc
-            for f in range(frames):
-                span[f * SPEC_HOP : f * SPEC_HOP + SPEC_N_FFT] += frame_out[f]
-            finished = span[:done].reshape(frames, SPEC_HOP, self.channels) / self.norm[:, None]
-            y = finished.reshape(done, self.channels)
-            self.acc = np.concatenate([span[done:], np.zeros((SPEC_HOP, self.channels))])
-            self.buf = self.buf[:, done:]
-        skip = min(self.to_skip, len(y))
-        self.to_skip -= skip
-        y = y[skip:]
-        y = y[: max(0, self.n_in - self.n_out)] if last else y
-        self.n_out += len(y)
-        return y.astype(np.float32)
-
+_SpecCombiner = SpecCombiner  # the name older code imports
 
 __all__ = ["ENSEMBLE_METHODS", "Ensemble"]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from separator.errors import SeparatorError
 from separator.inference.audio import Resampler
-from separator.inference.engine import SeparationModel, StreamingEngine
+from separator.inference.engine import NonFiniteOutputError, SeparationModel, StreamingEngine
 from separator.inference.stems import StemPlan
 
 Progress = Callable[[int, int | None], None]  # (input frames done, total frames or None)
@@ -61,6 +61,8 @@ class PipelineBase:
         for plan in self.plans:
             if plan.index is not None:
                 out[plan.name] = np.ascontiguousarray(stem(plan.index))
+            elif plan.adds:
+                out[plan.name] = sum(stem(i) for i in plan.adds).astype(np.float32)
             else:
                 rest = sum(stem(i) for i in plan.minus)
                 out[plan.name] = (mix - rest).astype(np.float32)
@@ -115,6 +117,7 @@ class ModelPipeline(PipelineBase):
         if model_ch not in (1, 2):
             raise SeparatorError(f"model has {model_ch} audio channels; only 1 or 2 are supported")
         super().__init__(plans, in_channels)
+        self.where = where
         self.split = model_ch == 1 and in_channels == 2  # one engine per input channel
         self.engines = [new_engine() for _ in range(2 if self.split else 1)]
         self.duplicate = model_ch == 2 and in_channels == 1
@@ -161,7 +164,12 @@ class ModelPipeline(PipelineBase):
     ) -> Tensor:
         """(n, C) input-rate samples -> (K needed stems, C, m) model-rate output, finished."""
         xm = down(x, last=last)
-        y = engine.push(torch.from_numpy(np.ascontiguousarray(xm.T)))
-        if last:
-            y = torch.cat([y, engine.flush()], dim=-1)
+        try:
+            y = engine.push(torch.from_numpy(np.ascontiguousarray(xm.T)))
+            if last:
+                y = torch.cat([y, engine.flush()], dim=-1)
+        except NonFiniteOutputError as e:
+            if self.where == "tensor":
+                raise
+            raise NonFiniteOutputError(f"{self.where}: {e}", e.seconds) from None
         return y[self.needed]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from separator.errors import SeparatorError
-from separator.inference.audio import (
-    DEFAULT_BITS,
-    DEFAULT_CLIP,
-    DEFAULT_FORMAT,
-    StemWriter,
-    open_audio,
-)
+from separator.inference.audio import open_audio
+from separator.inference.cancel import Cancel
 from separator.inference.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
@@ -35,9 +30,12 @@ from separator.inference.engine import (
     TTAModel,
     check_model,
 )
+from separator.inference.inputs import as_waveform, check_sample_rate
+from separator.inference.outputs import TrackOutputs
 from separator.inference.pipeline import ModelPipeline, Progress
 from separator.inference.precision import PRECISIONS, resolve_precision
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
+from separator.inference.writers import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT, OutputSpec
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 
@@ -80,31 +78,41 @@ class SeparatorBase:
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         raise NotImplementedError
 
-    def separate_tensor(
-        self, wav: Tensor, sample_rate: int, stems: str | Sequence[str] | None = None
-    ) -> dict[str, Tensor]:
-        """Separate a (channels, time) or (time,) waveform at `sample_rate`.
+    def _plans(self, stems: str | Sequence[str] | None, residual: str = "minus") -> list[StemPlan]:
+        """The outputs to make for `stems` (None: the default ones, every model stem);
+        `residual`: how `no_<stem>`/`instrumental` are made (see `resolve_stems`)."""
+        return resolve_stems(self.stems, stems, residual=residual)
 
+    def separate_tensor(
+        self,
+        wav: Tensor | np.ndarray,
+        sample_rate: int,
+        stems: str | Sequence[str] | None = None,
+    ) -> dict[str, Tensor]:
+        """Separate a (channels, time) or (time,) waveform at `sample_rate` (whole Hz).
+
+        `wav`: a torch tensor or numpy array; floats are taken as they are, integer PCM (int16,
+        int32, int8, uint8) is scaled to [-1, 1) as soundfile reads it (int16 / 32768, ...).
         Returns {stem: (channels, time)} float32 CPU tensors at `sample_rate`, same shape as `wav`
         ((time,) in, (time,) out). Same pipeline as `separate_file`, with one block.
         """
-        squeeze = wav.dim() == 1
-        x = wav.detach().float().cpu()
+        x = as_waveform(wav)
+        sample_rate = check_sample_rate(sample_rate)
+        squeeze = x.dim() == 1
         x = x[None] if squeeze else x
         if x.dim() != 2 or x.shape[-1] == 0:
             raise SeparatorError(
                 f"expected a non-empty (channels, time) tensor, got {tuple(wav.shape)}"
             )
-        if not torch.isfinite(x).all():
-            raise SeparatorError("input tensor contains NaN or infinite samples")
-        plans = resolve_stems(self.stems, stems)
-        pipe = self._pipeline(int(sample_rate), x.shape[0], plans, where="tensor")
+        plans = self._plans(stems)
+        pipe = self._pipeline(sample_rate, x.shape[0], plans, where="tensor")
         parts: dict[str, list[np.ndarray]] = {p.name: [] for p in plans}
         block = np.ascontiguousarray(x.numpy().T)
         pipe.run(iter([block]), lambda out: [parts[k].append(v) for k, v in out.items()])
         result = {k: torch.from_numpy(np.concatenate(v).T.copy()) for k, v in parts.items()}
         return {k: v[0] if squeeze else v for k, v in result.items()}
 
+    # long function: the signature is the list of output options, each documented below
     def separate_file(
         self,
         path: str | os.PathLike,
@@ -117,40 +125,40 @@ class SeparatorBase:
         clip: str = DEFAULT_CLIP,
         force: bool = False,
         progress: Progress | None = None,
+        bitrate: int | None = None,
+        sample_rate: int | None = None,
+        normalize: float | None = None,
+        clip_level: float = 1.0,
+        preset: int | None = None,
+        residual: str = "minus",
+        names: Mapping[str, str] | None = None,
+        cancel: Cancel | None = None,
     ) -> dict[str, Path]:
         """Separate one audio file, streaming; returns {stem: written path}.
 
-        Output files keep the input's sample rate, channels and length. Each is written to a
-        temporary file and renamed at the end, so a failure or Ctrl-C leaves none behind; an
-        existing output is an error unless `force`.
+        Outputs keep the input's channels and length, and its rate unless `sample_rate` is
+        given. `fmt`: wav, flac, mp3, ogg, opus or m4a (`bits` for the lossless ones, `bitrate`
+        in kbps for the others; `preset`: LAME quality 2-7 for mp3). `clip`/`clip_level`: see
+        `StemWriter`; `normalize`: one gain for all stems so that the loudest peaks there.
+        `residual`: `no_<stem>`/`instrumental` as the mixture "minus" the stem, or the "add"ed
+        other stems. `names`: template values besides {track}, {trackext}, {stem}, {ext} (e.g.
+        {model}). Stems are written to temporaries and renamed together at the end, so a
+        failure or Ctrl-C leaves none of them; an existing output is an error unless `force`.
+        `cancel`: a `Cancel` another thread may trigger.
         """
         path = Path(path)
-        plans = resolve_stems(self.stems, stems)
-        targets = output_paths(path, [p.name for p in plans], Path(output_dir), filename, fmt)
-        if not force:
-            for target in targets.values():
-                if target.exists():
-                    raise SeparatorError(
-                        f"{target}: already exists (pass `force=True` to overwrite)"
-                    )
+        spec = OutputSpec(fmt, bits, clip, clip_level, bitrate, sample_rate, preset)
+        plans = self._plans(stems, residual=residual)
+        stem_names = [p.name for p in plans]
+        targets = output_paths(path, stem_names, Path(output_dir), filename, fmt, names)
         source = open_audio(path)
         pipe = self._pipeline(source.sample_rate, source.channels, plans, where=str(path))
-        writers: dict[str, StemWriter] = {}
-        try:
-            for name, target in targets.items():
-                writers[name] = StemWriter(
-                    target, source.sample_rate, source.channels, fmt=fmt, bits=bits, clip=clip
-                )
-
-            def sink(out):
-                return [writers[k].write(v) for k, v in out.items()]
-
-            pipe.run(source.blocks(), sink, total=source.frames, progress=progress)
-        except BaseException:
-            for writer in reversed(writers.values()):  # the first one made the folders
-                writer.abort()
-            raise
-        return {name: writer.commit() for name, writer in writers.items()}
+        with TrackOutputs(
+            targets, spec, source.sample_rate, source.channels, force=force,
+            normalize=normalize, cancel=cancel,
+        ) as outputs:  # fmt: skip
+            pipe.run(source.blocks(), outputs.write, total=source.frames, progress=progress)
+            return outputs.commit()
 
 
 class Separator(SeparatorBase):
@@ -243,17 +251,29 @@ def track_name(path: Path) -> str:
 
 
 def output_paths(
-    path: Path, stems: Sequence[str], output_dir: Path, filename: str, fmt: str
+    path: Path,
+    stems: Sequence[str],
+    output_dir: Path,
+    filename: str,
+    fmt: str,
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Fill the `filename` template for every stem; each result must stay in `output_dir`."""
+    """Fill the `filename` template for every stem; each result must stay in `output_dir`.
+
+    Template values: {track} (file name without extension), {trackext} (its extension),
+    {stem}, {ext} (the output format), {model} ("model" unless `names` says), and `names`.
+    """
     root = output_dir.resolve()
+    values = {"track": track_name(path), "trackext": path.suffix.lstrip("."), "model": "model"}
+    values.update(names or {})
     paths = {}
     for stem in stems:
         try:
-            rel = filename.format(track=track_name(path), stem=stem, ext=fmt)
+            rel = filename.format(**{**values, "stem": stem, "ext": fmt})
         except (KeyError, IndexError, ValueError) as e:
             raise SeparatorError(
-                f"`filename` {filename!r}: bad template ({e}); use {{track}}, {{stem}}, {{ext}}"
+                f"`filename` {filename!r}: bad template ({e}); use {{track}}, {{trackext}}, "
+                "{stem}, {ext}, {model}"
             ) from None
         target = (root / rel).resolve()
         if root not in target.parents:

@@ -13,11 +13,13 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 @dataclass(frozen=True)
 class StemPlan:
-    """One requested output: a model stem (`index`) or the mixture minus stems (`minus`)."""
+    """One requested output: a model stem (`index`), the mixture minus stems (`minus`), or the
+    sum of stems (`adds`: demucs' `--other-method add`)."""
 
     name: str
     index: int | None = None
     minus: tuple[int, ...] = ()
+    adds: tuple[int, ...] = ()
 
     @property
     def is_residual(self) -> bool:
@@ -26,7 +28,7 @@ class StemPlan:
     @property
     def uses(self) -> tuple[int, ...]:
         """The model stems this output is made from."""
-        return (self.index,) if self.index is not None else self.minus
+        return (self.index,) if self.index is not None else self.minus + self.adds
 
 
 def available_stems(model_stems: Sequence[str]) -> list[str]:
@@ -49,14 +51,19 @@ def check_stem_names(model_stems: Sequence[str], source: str = "model") -> None:
 
 
 def resolve_stems(
-    model_stems: Sequence[str], requested: str | Sequence[str] | None = None
+    model_stems: Sequence[str],
+    requested: str | Sequence[str] | None = None,
+    *,
+    residual: str = "minus",
 ) -> list[StemPlan]:
     """Map requested names (a list or "vocals,drums"; None = all model stems) to plans.
 
     `instrumental` is the mixture minus `vocals`, `no_<stem>` the mixture minus `<stem>`, unless
-    the model has a stem of that name itself. Unknown names raise `SeparatorError` listing the
-    accepted ones.
+    the model has a stem of that name itself; with `residual="add"`, they are the sum of the
+    model's other stems instead. Unknown names raise `SeparatorError` listing the accepted ones.
     """
+    if residual not in ("minus", "add"):
+        raise SeparatorError(f"unknown `residual` {residual!r}; use minus or add")
     if requested is None:
         names = list(model_stems)
     elif isinstance(requested, str):
@@ -69,7 +76,11 @@ def resolve_stems(
         )
     plans: list[StemPlan] = []
     for name in dict.fromkeys(names):  # keep order, drop repeats
-        plans.append(_plan(model_stems, name))
+        plan = _plan(model_stems, name)
+        if residual == "add" and plan.minus:
+            others = tuple(i for i in range(len(model_stems)) if i not in plan.minus)
+            plan = StemPlan(name, adds=others)
+        plans.append(plan)
     return plans
 
 

@@ -49,18 +49,29 @@ def check_bs_bands(freqs_per_bands: Sequence[int], n_fft: int) -> tuple[int, ...
     return bands
 
 
-def mel_band_matrix(sample_rate: int, n_fft: int, num_bands: int) -> np.ndarray:
+def mel_band_matrix(
+    sample_rate: int, n_fft: int, num_bands: int, edges: str = "forced"
+) -> np.ndarray:
     """Boolean (num_bands, bins) matrix: which STFT bins each Mel band covers.
 
     As in MSST's MelBandRoformer: librosa's Slaney mel filters, binarised (> 0), with bin 0 forced
-    into the first band and the last bin into the last band. Bands overlap; masks of overlapping
-    bands are averaged per bin.
+    into the first band and the last bin into the last band (`edges="forced"`). Bands overlap;
+    masks of overlapping bands are averaged per bin.
+    `edges="neighbour"`: MSST's MelBandConformer (models/bs_roformer/mel_band_conformer.py,
+    ccc011a) sets filter[0, 0] = filter[0, 1]/4 and filter[-1, -1] = filter[-1, -2]/4 instead, so
+    an edge bin joins its band only if the bin next to it is in that band.
     """
     import librosa
 
     fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=num_bands)
-    fb[0, 0] = 1.0
-    fb[-1, -1] = 1.0
+    if edges == "forced":
+        fb[0, 0] = 1.0
+        fb[-1, -1] = 1.0
+    elif edges == "neighbour":
+        fb[0, 0] = fb[0, 1] * 0.25
+        fb[-1, -1] = fb[-1, -2] * 0.25
+    else:
+        raise ValueError(f"edges must be 'forced' or 'neighbour', got {edges!r}")
     cover = fb > 0
     if not cover.any(axis=0).all():
         missing = np.flatnonzero(~cover.any(axis=0))

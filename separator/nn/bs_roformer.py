@@ -19,7 +19,7 @@ class BSRoformer(RoformerBase):
     config_class = BSRoformerConfig
 
     def __init__(self, *, sample_rate: int = 44100, **model: Any) -> None:
-        config = BSRoformerConfig.from_dict(model)
+        config = self.config_class.from_dict(model)
         widths = [2 * f * config.audio_channels for f in config.freqs_per_bands]
         # BS bands are consecutive: band k reads the next widths[k] features (f·s·c order).
         super().__init__(config, widths, None, final_norm=True, sample_rate=sample_rate)
@@ -30,7 +30,10 @@ class BSRoformer(RoformerBase):
 
 
 def _msst_match(model: Mapping[str, Any]) -> int:
-    """A RoFormer section without Mel bands: MSST's BS-RoFormer (its band layout may default)."""
+    """A RoFormer section without Mel bands: MSST's BS-RoFormer (its band layout may default).
+
+    The variants' own keys (conformer stacks, value residuals) score higher in their families.
+    """
     if "num_bands" in model or not {"dim", "depth"} <= set(model):
         return 0
     return 2 if "freqs_per_bands" in model else 1

@@ -11,6 +11,7 @@ Families are listed in `separator.nn.registry`; nothing here imports a family.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,24 +81,73 @@ def set_io(
     return module
 
 
-def msst_stems(config: Mapping[str, Any], num_stems: int) -> list[str]:
-    """Stem names of an MSST YAML: `training.target_instrument` (one stem) or
-    `training.instruments` (all of them), checked against the model's `num_stems`."""
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+def safe_stem_name(name: object) -> str:
+    """A stem name usable as one file-name component: lower-case, `[^A-Za-z0-9_.+-]` -> `_`.
+
+    UVR/MSST configs name stems freely ("No Reverb", "No Drum-Bass", "Vocals"); those names are
+    mapped, never refused: "No Reverb" -> "no_reverb", "No Drum-Bass" -> "no_drum-bass". Runs
+    of dots become one dot and leading/trailing `_.+-` are dropped so that the result starts with
+    a letter or digit and never contains "..". A name with nothing left gives "".
+    """
+    safe = _UNSAFE_CHARS.sub("_", str(name).strip().lower())
+    safe = re.sub(r"\.{2,}", ".", safe)
+    return safe.strip("_.+-")
+
+
+def safe_stem_names(names: Sequence[object]) -> dict[str, str]:
+    """{safe name: original name} in order, for the stem names of an MSST YAML.
+
+    Every family's `from_msst` gives the card the safe names (`safe_stem_name`); cards record
+    this mapping (safe -> the YAML's name), so an output file can be traced back to the stem the
+    checkpoint's authors named. Empty results become `stem{i}`; names that collide after mapping
+    get `_2`, `_3`, ... appended.
+    """
+    out: dict[str, str] = {}
+    for i, name in enumerate(names):
+        base = safe_stem_name(name) or f"stem{i}"
+        safe, k = base, 2
+        while safe in out:
+            safe, k = f"{base}_{k}", k + 1
+        out[safe] = str(name)
+    return out
+
+
+def msst_stem_names(
+    config: Mapping[str, Any], num_stems: int, default: Sequence[str] | None = None
+) -> dict[str, str]:
+    """{safe name: YAML name} of an MSST YAML's stems (see `msst_stems`)."""
     training = config.get("training") or {}
     target = training.get("target_instrument")
     instruments = list(training.get("instruments") or [])
     if target:
         if num_stems != 1:
             raise ConfigError(f"training.target_instrument is set but model.num_stems={num_stems}")
-        return [str(target)]
+        return safe_stem_names([target])
     if instruments:
         if len(instruments) != num_stems:
             raise ConfigError(
                 f"training.instruments lists {len(instruments)} stems but model.num_stems="
                 f"{num_stems}; set training.target_instrument for a one-stem model"
             )
-        return [str(s) for s in instruments]
-    return [f"stem{i}" for i in range(num_stems)]
+        return safe_stem_names(instruments)
+    if default is not None and len(default) == num_stems:
+        return safe_stem_names(default)
+    return {f"stem{i}": f"stem{i}" for i in range(num_stems)}
+
+
+def msst_stems(
+    config: Mapping[str, Any], num_stems: int, default: Sequence[str] | None = None
+) -> list[str]:
+    """Stem names of an MSST YAML: `training.target_instrument` (one stem) or
+    `training.instruments` (all of them), checked against the model's `num_stems`; else
+    `default` (e.g. SCNet's `model.sources`), else `stem0`, `stem1`, ...
+
+    The names come back safe for file names (`safe_stem_names`: "No Reverb" -> "no_reverb").
+    """
+    return list(msst_stem_names(config, num_stems, default))
 
 
 def msst_audio(config: Mapping[str, Any], default_rate: int = 44100) -> tuple[int, int]:

@@ -5,7 +5,8 @@ Music-Source-Separation-Training (MSST, `models/bs_roformer/bs_roformer.py`), so
 checkpoints load with `strict=True`:
 
     Attention:        norm.gamma, to_qkv.weight, to_gates.{weight,bias}, to_out.0.weight,
-                      rotary_embed.freqs (shared by every layer of one axis)
+                      rotary_embed.freqs or pope_embed.{inv_freqs,bias} (shared by every layer
+                      of one axis), to_value_residual_mix.{weight,bias} (experimental RoFormers)
     FeedForward:      net.0.gamma, net.1.{weight,bias}, net.4.{weight,bias}
     LinearAttention:  norm.gamma, to_qkv.0.weight, temperature, to_out.1.weight
     Transformer:      layers.{i}.0 (attention), layers.{i}.1 (feed-forward), norm.gamma (optional)
@@ -17,8 +18,9 @@ as one complex multiplication with angles computed once per forward, and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -72,10 +74,11 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # gamma in x's dtype: under bf16 autocast a float32 gamma makes rms_norm fall back to its
-        # slow unfused path (and warn); at float32 the cast is a no-op.
-        gamma = self.gamma.to(x.dtype)
-        return F.rms_norm(x, (self.dim,), gamma, eps=_NORM_EPS / self.dim)
+        # Under autocast x arrives in bf16/fp16 while gamma stays float32: rms_norm has no fused
+        # kernel for mixed dtypes (it warns, "Mismatch dtype between input and weight", and takes
+        # a slower path). Normalising in gamma's dtype gives the same separation bit for bit
+        # (the next matmul casts down), and is a no-op in float32.
+        return F.rms_norm(x.to(self.gamma.dtype), (self.dim,), self.gamma, eps=_NORM_EPS / self.dim)
 
 
 class _Identity(nn.Module):
@@ -106,6 +109,66 @@ class RotaryEmbedding(nn.Module):
         return torch.polar(torch.ones_like(angles), angles)
 
 
+class PolarAngles(NamedTuple):
+    """PoPE factors of one forward: [cos, sin] of the query phases, (seq, 1, 2, d), and of the
+    key phases, (seq, heads, 2, d)."""
+
+    q: Tensor
+    k: Tensor
+
+    def to(self, device: torch.device) -> PolarAngles:
+        return PolarAngles(self.q.to(device), self.k.to(device))
+
+
+class PolarEmbedding(nn.Module):
+    """PoPE, polar positional embedding (Gopalakrishnan et al. 2025, arXiv 2509.10534).
+
+    State as in PoPE-pytorch's `PoPE(dim=dim_head, heads=heads)`, which MSST (ccc011a) shares
+    between the layers of one axis: the buffer `inv_freqs` (dim_head values, theta^(-i/dim_head):
+    one frequency per feature, not per pair) and the parameter `bias` (heads, dim_head), clamped
+    to [-2π, 0] at use. A query feature i at position p becomes softplus(q_i)·e^(i·p·inv_freqs[i]),
+    a key feature the same with the phase shifted by bias[head, i]; the attention logit is the
+    real part of q·conj(k). Checkpoints hold `inv_freqs`, and MSST uses whatever it holds.
+    """
+
+    def __init__(self, dim_head: int, heads: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        inv_freqs = theta ** -(torch.arange(dim_head).float() / dim_head)
+        self.register_buffer("inv_freqs", inv_freqs)
+        self.bias = nn.Parameter(torch.zeros(heads, dim_head))
+
+    def rotation(self, seq_len: int) -> PolarAngles:
+        """Phases of `seq_len` positions, float32 (PoPE-pytorch computes them outside autocast)."""
+        inv = self.inv_freqs.float()
+        phase = torch.outer(torch.arange(seq_len, device=inv.device, dtype=inv.dtype), inv)
+        k_phase = phase + self.bias.float().clamp(-2.0 * math.pi, 0.0).unsqueeze(1)  # (h, n, d)
+        q = torch.stack([phase.cos(), phase.sin()], dim=1).unsqueeze(1)
+        k = torch.stack([k_phase.cos(), k_phase.sin()], dim=2).transpose(0, 1)
+        return PolarAngles(q, k)
+
+
+def polar_attention(qk: Tensor, v: Tensor, angles: PolarAngles, scale: float) -> Tensor:
+    """Attention with PoPE positions, as PoPE-pytorch's non-fused `flash_attn_with_pope`.
+
+    qk: (batch, seq, 2, heads, d) queries and keys; v: (batch, seq, heads, d).
+    Returns (batch, heads, seq, d).
+    Magnitudes softplus(q), softplus(k) are expanded to 2·d features [m·cos | m·sin] by one
+    broadcast multiply (PoPE-pytorch interleaves them; the dot product is the same sum). The scale
+    is the model's d^-0.5, not (2d)^-0.5. v is zero-padded to 2·d so that the CPU's flash kernel
+    serves equal head sizes (the reference's unequal sizes fall back to the math kernel, about 2×
+    slower); the padding is dropped after.
+    """
+    d = qk.shape[-1]
+    with torch.autocast(qk.device.type, enabled=False):
+        m = F.softplus(qk.float()).unsqueeze(-2)  # (b, n, 2, h, 1, d)
+        qc = (m[:, :, 0] * angles.q).flatten(-2).to(v.dtype)  # (b, n, h, 2d)
+        kc = (m[:, :, 1] * angles.k).flatten(-2).to(v.dtype)
+    out = F.scaled_dot_product_attention(
+        qc.transpose(1, 2), kc.transpose(1, 2), F.pad(v, (0, d)).transpose(1, 2), scale=scale
+    )
+    return out[..., :d]
+
+
 def apply_rotary(qk: Tensor, rotation: Tensor) -> Tensor:
     """Rotate queries and keys together.
 
@@ -119,7 +182,12 @@ def apply_rotary(qk: Tensor, rotation: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with rotary positions and per-head sigmoid output gates."""
+    """Multi-head self-attention with RoPE or PoPE positions and per-head sigmoid output gates.
+
+    value_residual_mix: MSST's experimental RoFormers (2025-03, "value residual learning") give
+    attention layers after the first a Linear(dim, heads) that mixes each head's values with the
+    values of the model's first attention layer: v <- lerp(v, v_first, sigmoid(mix(norm(x)))).
+    """
 
     def __init__(
         self,
@@ -129,6 +197,8 @@ class Attention(nn.Module):
         dim_head: int,
         dropout: float = 0.0,
         rotary_embed: RotaryEmbedding | None = None,
+        pope_embed: PolarEmbedding | None = None,
+        value_residual_mix: bool = False,
     ) -> None:
         super().__init__()
         self.heads = heads
@@ -136,50 +206,85 @@ class Attention(nn.Module):
         self.dropout = dropout
         inner = heads * dim_head
         self.rotary_embed = rotary_embed
+        self.pope_embed = pope_embed
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_value_residual_mix = nn.Linear(dim, heads) if value_residual_mix else None
         self.to_gates = nn.Linear(dim, heads)
         self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.Dropout(dropout))
 
         self._cache = WeightCache()
 
+    def _params(self) -> list[Tensor]:
+        out = [self.to_qkv.weight, self.to_gates.weight, self.to_gates.bias, self.norm.gamma]
+        if self.to_value_residual_mix is not None:
+            out += [self.to_value_residual_mix.weight, self.to_value_residual_mix.bias]
+        return out
+
     def _weights(self) -> tuple[Tensor, Tensor]:
-        """[to_qkv; to_gates] with the norm's gamma folded in, and the gates' bias."""
-        w = torch.cat([self.to_qkv.weight, self.to_gates.weight]) * self.norm.gamma
-        return w, self.to_gates.bias
+        """[to_qkv; to_gates; mix] with the norm's gamma folded in, and [gate; mix] biases."""
+        mix = self.to_value_residual_mix
+        rows = [self.to_qkv.weight, self.to_gates.weight] + ([mix.weight] if mix else [])
+        bias = torch.cat([self.to_gates.bias, mix.bias]) if mix else self.to_gates.bias
+        return torch.cat(rows) * self.norm.gamma, bias
 
-    def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
-        """x + attention(x): (batch, seq, dim) -> (batch, seq, dim). The residual is included.
-
-        rotation: from `RotaryEmbedding.rotation(seq)`, or None for no positions.
-        """
-        b, n, dim = x.shape
+    def _heads(
+        self, x: Tensor, rotation: Any, value_residual: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Gated head outputs (batch·seq, heads·d) before `to_out`, and the values (b, n, h, d)
+        as projected (before any value-residual mix)."""
+        b, n, _ = x.shape
         h, d = self.heads, self.dim_head
-        w, gate_bias = self._cache.get(
-            [self.to_qkv.weight, self.to_gates.weight, self.to_gates.bias, self.norm.gamma],
-            self._weights,
-        )
-        proj = F.linear(unit_rms(x), w)  # one matmul for q, k, v and the gates
+        w, bias = self._cache.get(self._params(), self._weights)
+        proj = F.linear(unit_rms(x), w)  # one matmul for q, k, v, the gates (and the mix)
         qkv = proj[..., : 3 * h * d].unflatten(-1, (3, h, d))
-        if rotation is not None:
-            qk = apply_rotary(qkv[:, :, :2], rotation).to(qkv.dtype)
-            q, k = qk.unbind(2)
+        v = values = qkv[:, :, 2]
+        if self.to_value_residual_mix is not None:
+            mix = torch.sigmoid(proj[..., 3 * h * d + h :] + bias[h:])  # (b, n, h)
+            v = torch.lerp(v, value_residual, mix.unsqueeze(-1))
+        if self.pope_embed is not None:
+            # PoPE-pytorch's path applies no attention dropout (MSST passes none).
+            out = polar_attention(qkv[:, :, :2], v, rotation, d**-0.5)
         else:
-            q, k = qkv[:, :, 0], qkv[:, :, 1]
-        v = qkv[:, :, 2]
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        gates = torch.sigmoid(proj[..., 3 * h * d :] + gate_bias)  # (b, n, h)
+            if rotation is not None:
+                qk = apply_rotary(qkv[:, :, :2], rotation).to(qkv.dtype)
+                q, k = qk.unbind(2)
+            else:
+                q, k = qkv[:, :, 0], qkv[:, :, 1]
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                dropout_p=self.dropout if self.training else 0.0,
+            )
+        gates = torch.sigmoid(proj[..., 3 * h * d : 3 * h * d + h] + bias[:h])  # (b, n, h)
         # Gates in the attention output's dtype: under bf16 autocast a float32 product would
         # write (and the next matmul re-cast) the whole output at twice the bytes.
         out = out.transpose(1, 2) * gates.to(out.dtype).unsqueeze(-1)  # (b, n, h, d)
-        out = F.dropout(out.reshape(b * n, h * d), self.dropout, self.training)
+        return out.reshape(b * n, h * d), values
+
+    def forward(self, x: Tensor, rotation: Any = None) -> Tensor:
+        """x + attention(x): (batch, seq, dim) -> (batch, seq, dim). The residual is included.
+
+        rotation: from the positional embedding's `rotation(seq)` (complex RoPE rotations or
+        `PolarAngles`), or None for no positions.
+        """
+        if self.training and self.dropout > 0:  # the output dropout must not touch the residual
+            return x + self.plain(x, rotation)[0]
+        b, n, dim = x.shape
+        out, _ = self._heads(x, rotation, None)
         # Residual add fused into the output matmul (addmm's beta=1 accumulation).
         return torch.addmm(x.reshape(b * n, dim), out, self.to_out[0].weight.t()).view(b, n, dim)
+
+    def plain(
+        self, x: Tensor, rotation: Any = None, value_residual: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """attention(x) without the residual, and the projected values (batch, seq, heads, d)
+        that later layers mix in (MSST's experimental `Attention.forward` returns the same)."""
+        b, n, dim = x.shape
+        out, values = self._heads(x, rotation, value_residual)
+        out = F.dropout(F.linear(out, self.to_out[0].weight), self.dropout, self.training)
+        return out.view(b, n, dim), values
 
 
 class LinearAttention(nn.Module):
@@ -235,20 +340,33 @@ class FeedForward(nn.Module):
     def _weights(self) -> Tensor:
         return self.net[1].weight * self.net[0].gamma
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x + feed_forward(x): (batch, seq, dim) -> (batch, seq, dim)."""
+    def _hidden(self, x: Tensor) -> Tensor:
         w1 = self._cache.get([self.net[1].weight, self.net[0].gamma], self._weights)
         hidden = F.linear(unit_rms(x), w1, self.net[1].bias)
         if torch.is_grad_enabled():
-            hidden = F.dropout(F.gelu(hidden), self.dropout, self.training)
-        else:  # inference: in place, sparing a large allocation (and its page faults)
-            hidden = torch.ops.aten.gelu_(hidden)
+            return F.dropout(F.gelu(hidden), self.dropout, self.training)
+        return torch.ops.aten.gelu_(hidden)  # inference: in place, sparing an allocation
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        """x + scale·feed_forward(x): (batch, seq, dim) -> (batch, seq, dim).
+
+        scale: ½ in the conformers' macaron blocks."""
+        if self.training and self.dropout > 0:  # the output dropout must not touch the residual
+            return torch.add(x, self.plain(x), alpha=scale)
+        hidden = self._hidden(x)
         shape = x.shape
         out = torch.addmm(
-            x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1]), self.net[4].weight.t()
+            x.reshape(-1, shape[-1]),
+            hidden.reshape(-1, hidden.shape[-1]),
+            self.net[4].weight.t(),
+            alpha=scale,
         )
-        out = out.add_(self.net[4].bias)
-        return F.dropout(out, self.dropout, self.training).view(shape)
+        return out.add_(self.net[4].bias, alpha=scale).view(shape)
+
+    def plain(self, x: Tensor) -> Tensor:
+        """feed_forward(x) without the residual."""
+        out = F.linear(self._hidden(x), self.net[4].weight, self.net[4].bias)
+        return F.dropout(out, self.dropout, self.training)
 
 
 class Transformer(nn.Module):
@@ -265,6 +383,7 @@ class Transformer(nn.Module):
         ff_dropout: float = 0.0,
         norm_output: bool = True,
         rotary_embed: RotaryEmbedding | None = None,
+        pope_embed: PolarEmbedding | None = None,
         linear_attn: bool = False,
     ) -> None:
         super().__init__()
@@ -281,12 +400,13 @@ class Transformer(nn.Module):
                     dim_head=dim_head,
                     dropout=attn_dropout,
                     rotary_embed=rotary_embed,
+                    pope_embed=pope_embed,
                 )
             layers.append(nn.ModuleList([attn, FeedForward(dim, dropout=ff_dropout)]))
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(dim) if norm_output else _Identity()
 
-    def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, rotation: Any = None) -> Tensor:
         """x: (batch, seq, dim) -> (batch, seq, dim)."""
         for attn, ff in self.layers:  # both blocks add their own residual
             x = ff(attn(x, rotation))

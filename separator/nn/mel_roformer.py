@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from separator.errors import ConfigError
 from separator.nn.bands import band_feature_index, mel_band_matrix
 from separator.nn.config import MelRoformerConfig
 from separator.nn.roformer import RoformerBase, roformer_family
@@ -22,10 +23,16 @@ class MelBandRoformer(RoformerBase):
 
     _extra_mask_layer = 1
     config_class = MelRoformerConfig
+    _mel_edges = "forced"  # see `mel_band_matrix`
 
     def __init__(self, **model: Any) -> None:
-        config = MelRoformerConfig.from_dict(model)
-        cover = mel_band_matrix(config.sample_rate, config.stft_n_fft, config.num_bands)
+        config = self.config_class.from_dict(model)
+        try:
+            cover = mel_band_matrix(
+                config.sample_rate, config.stft_n_fft, config.num_bands, edges=self._mel_edges
+            )
+        except ValueError as e:  # MSST asserts the same coverage
+            raise ConfigError(f"model.num_bands: {e}") from None
         bins = [row.nonzero()[0].tolist() for row in cover]
         index = band_feature_index(bins, config.audio_channels)
         widths = [len(i) for i in index]

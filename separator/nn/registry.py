@@ -10,12 +10,35 @@ from collections.abc import Mapping
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.nn import bs_roformer, mel_roformer
+from separator.nn import (
+    apollo,
+    bandit,
+    bandit_v2,
+    bs_roformer,
+    conformer,
+    demucs,
+    experimental,
+    mdx23c,
+    mel_roformer,
+    scnet,
+)
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
     bs_roformer.FAMILY,
     mel_roformer.FAMILY,
+    experimental.BS_FAMILY,
+    experimental.MEL_FAMILY,
+    conformer.BS_FAMILY,
+    conformer.MEL_FAMILY,
+    scnet.SCNET,
+    scnet.SCNET_MASKED,
+    scnet.SCNET_TRAN,
+    mdx23c.FAMILY,
+    apollo.FAMILY,
+    bandit.FAMILY,
+    bandit_v2.FAMILY,
+    *demucs.FAMILIES,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _BUILTIN}

@@ -4,7 +4,9 @@ Axis legend used in shapes:
     b batch, s audio channel, n stem, f STFT bin, t STFT frame, k band, d feature, c real/imag.
 
 Subclasses define the band layout: which spectrum features feed each band (`feature_index`) and
-how the per-band mask features are put back onto the spectrum (`_assemble_masks`).
+how the per-band mask features are put back onto the spectrum (`_assemble_masks`). MSST's
+variants (`experimental.py`, `conformer.py`) replace the per-axis stacks (`_block`) and, for the
+value-residual streams, the trunk (`_trunk`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from separator.nn.bands import BandSplit, MaskEstimator, stft_bins
 from separator.nn.config import RoformerConfig
 from separator.nn.family import Family, msst_audio, msst_stems, set_io
-from separator.nn.layers import RMSNorm, RotaryEmbedding, Transformer
+from separator.nn.layers import PolarEmbedding, RMSNorm, RotaryEmbedding, Transformer
 from separator.nn.stft import istft, stft
 
 
@@ -50,30 +52,12 @@ class RoformerBase(nn.Module):
         self.config = config
         c = config
         self.n_bins = stft_bins(c.stft_n_fft)
-        tkw = dict(
-            dim=c.dim,
-            heads=c.heads,
-            dim_head=c.dim_head,
-            attn_dropout=c.attn_dropout,
-            ff_dropout=c.ff_dropout,
-            norm_output=not final_norm,
+        # One positional embedding per axis, shared by every layer of that axis (as in MSST);
+        # a tuple, so that it is not registered twice in the state dict.
+        self._rotary = self._positional_embeddings()
+        self.layers = nn.ModuleList(
+            nn.ModuleList(self._block(i, norm_output=not final_norm)) for i in range(c.depth)
         )
-        # One rotary embedding per axis, shared by every layer of that axis (as in MSST).
-        time_rotary, freq_rotary = RotaryEmbedding(c.dim_head), RotaryEmbedding(c.dim_head)
-        self._rotary = (time_rotary, freq_rotary)  # a tuple: not registered twice in state_dict
-        layers = []
-        for _ in range(c.depth):
-            block = []
-            if c.linear_transformer_depth > 0:
-                block.append(Transformer(depth=c.linear_transformer_depth, linear_attn=True, **tkw))
-            block.append(
-                Transformer(depth=c.time_transformer_depth, rotary_embed=time_rotary, **tkw)
-            )
-            block.append(
-                Transformer(depth=c.freq_transformer_depth, rotary_embed=freq_rotary, **tkw)
-            )
-            layers.append(nn.ModuleList(block))
-        self.layers = nn.ModuleList(layers)
         if final_norm:
             self.final_norm = RMSNorm(c.dim)
         self.band_split = BandSplit(c.dim, band_widths, feature_index)
@@ -88,6 +72,37 @@ class RoformerBase(nn.Module):
         )
         self.register_buffer("stft_window", torch.hann_window(c.stft_win_length), persistent=False)
         self.set_io(sample_rate=sample_rate, stems=None, chunk_size=None)
+
+    # --- the per-axis stacks (subclasses replace them) -----------------------------------------
+    def _positional_embeddings(self) -> tuple[nn.Module, nn.Module]:
+        """(time, frequency) embeddings: RoPE, or PoPE where the config asks for it."""
+        c = self.config
+        if getattr(c, "use_pope", False):
+            return PolarEmbedding(c.dim_head, c.heads), PolarEmbedding(c.dim_head, c.heads)
+        return RotaryEmbedding(c.dim_head), RotaryEmbedding(c.dim_head)
+
+    def _stack_kwargs(self, norm_output: bool) -> dict[str, Any]:
+        c = self.config
+        return dict(
+            dim=c.dim,
+            heads=c.heads,
+            dim_head=c.dim_head,
+            attn_dropout=c.attn_dropout,
+            ff_dropout=c.ff_dropout,
+            norm_output=norm_output,
+        )
+
+    def _block(self, index: int, norm_output: bool) -> list[nn.Module]:
+        """Layer `index`: [linear-attention transformer,] time transformer, frequency
+        transformer."""
+        c, kw = self.config, self._stack_kwargs(norm_output)
+        block: list[nn.Module] = []
+        if c.linear_transformer_depth > 0:
+            block.append(Transformer(depth=c.linear_transformer_depth, linear_attn=True, **kw))
+        for depth, embed in zip((c.time_transformer_depth, c.freq_transformer_depth), self._rotary):
+            key = "pope_embed" if isinstance(embed, PolarEmbedding) else "rotary_embed"
+            block.append(Transformer(depth=depth, **{key: embed}, **kw))
+        return block
 
     # --- what the engine reads --------------------------------------------------------------
     def set_io(
@@ -149,10 +164,10 @@ class RoformerBase(nn.Module):
                 store.append(x)
         return x
 
-    def _run(self, transformer: nn.Module, x: Tensor, rotation: Tensor | None) -> Tensor:
+    def _run(self, stack: nn.Module, x: Tensor, rotation: Any, *extra: Any) -> Any:
         if self.config.use_torch_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(transformer, x, rotation, use_reentrant=False)
-        return transformer(x, rotation)
+            return checkpoint(stack, x, rotation, *extra, use_reentrant=False)
+        return stack(x, rotation, *extra)
 
     def _stft_args(self) -> dict:
         c = self.config
@@ -173,7 +188,7 @@ class RoformerBase(nn.Module):
         with torch.autocast(spec.device.type, enabled=False):
             m = torch.view_as_complex(masks.float())  # (b, t, n, f, s)
             out = m.permute(0, 2, 4, 3, 1) * spec.unsqueeze(1)  # (b, n, s, f, t)
-            if self.config.zero_dc:
+            if getattr(self.config, "zero_dc", False):  # experimental RoFormers have none
                 out[:, :, :, 0] = 0
         return istft(out, **self._stft_args(), length=length)
 

@@ -19,7 +19,7 @@ import yaml
 
 from separator.datasets import MUSDB_STEMS
 from separator.errors import ConfigError
-from separator.files import read_yaml
+from separator.files import plain, read_yaml
 from separator.training.data import Augment
 
 
@@ -110,15 +110,7 @@ class Recipe:
         return (self.data.target,) if self.data.target else tuple(self.data.stems)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+        return plain(dataclasses.asdict(self))
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:

@@ -19,6 +19,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from separator.files import atomic_write
 from separator.training.data import RandomMixDataset
 from separator.training.losses import separation_loss
 from separator.training.recipe import Recipe
+from separator.training.runs import ProgressLog, prepare_run_folder
 from separator.zoo import ModelCard, build_model, save_card
 from separator.zoo.cards import weights_entry
 from separator.zoo.formats import save_state_dict
@@ -211,20 +213,27 @@ class Trainer:
             yield micro, mix.to(self.dist.device), ref.to(self.dist.device)
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, stop_at: int | None = None) -> dict:
-        """Train until `training.steps` (or until step `stop_at`, for chunked runs and tests)."""
+    def run(
+        self, stop_at: int | None = None, progress: Callable[[str], None] | None = None
+    ) -> dict:
+        """Train until `training.steps` (or until step `stop_at`, for chunked runs and tests).
+
+        `progress` gets one line per logging interval (step, loss, steps/s, ETA) and one per
+        validation, on the main process."""
         t, v = self.recipe.training, self.recipe.validation
         end = min(t.steps, stop_at) if stop_at is not None else t.steps
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             _write_yaml(self.out / "recipe.yaml", self.recipe.to_dict())
         log = _Log(self.out / "train.csv", self.dist.main, self.state["step"])
+        shown = ProgressLog(progress if self.dist.main else None, self.state["step"], end)
         loader = self._loader(self.state["step"], end)
         while self.state["step"] < end:
             step = self.state["step"]
             t0 = time.perf_counter()
             loss, grad_norm = self._step(step, loader)
             self.state["step"] = step + 1
+            shown.add(loss)
             if (step + 1) % t.log_every == 0 or step == 0 or step + 1 == end:
                 log.row(
                     step=step + 1,
@@ -233,11 +242,14 @@ class Trainer:
                     grad_norm=grad_norm,
                     seconds=time.perf_counter() - t0,
                 )
+                shown.report(step + 1)
             done = step + 1 == t.steps
             if (step + 1) % v.every == 0 or done:
+                t0, best = time.perf_counter(), self.state["best_sdr"]
                 sdr = self.validate()
                 log.row(step=step + 1, val_sdr=sdr)
                 self._after_validation(sdr)
+                shown.validation(step + 1, sdr, best, seconds=time.perf_counter() - t0)
             if (step + 1) % t.checkpoint_every == 0 or step + 1 == end:
                 self._save(self.out / "last.ckpt")
         log.close()
@@ -461,11 +473,25 @@ def _write_yaml(path: Path, data: dict) -> None:
     atomic_write(path, yaml.safe_dump(data, sort_keys=False).encode())
 
 
-def train(recipe: Recipe, *, resume: bool = False, stop_at: int | None = None) -> dict:
-    """Run a recipe; returns the final trainer state (step, best_sdr, …)."""
+def train(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    stop_at: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run a recipe; returns the final trainer state (step, best_sdr, …).
+
+    An `output_dir` that holds an earlier run is refused unless `resume` (continue it) or
+    `force` (replace it). `progress` gets the progress lines (see `Trainer.run`).
+    """
+    # Every process checks before any writes (joining the process group is a barrier).
+    main = int(os.environ.get("RANK", "0")) == 0
+    prepare_run_folder(Path(recipe.output_dir), resume=resume, force=force, main=main)
     trainer = Trainer(recipe, resume=resume)
     try:
-        return trainer.run(stop_at=stop_at)
+        return trainer.run(stop_at=stop_at, progress=progress)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -2,7 +2,7 @@
 the one loader. The zoo hands out models and cards; it knows nothing of inference, evaluation,
 training or the CLI.
 
-- `cards`: ModelCard / EnsembleCard, reading cards and MSST YAMLs;
+- `cards`: ModelCard / EnsembleCard / ChainCard, reading cards and MSST YAMLs;
 - `catalog`: the known names (models/, pretrained/, the user's imports);
 - `download`: sha256-checked, resumable, offline-aware downloads into the cache;
 - `formats`: checkpoint readers (MSST .ckpt/.pth, safetensors; one per format);
@@ -12,6 +12,7 @@ training or the CLI.
 from separator.zoo.cards import (
     ENSEMBLE_METHODS,
     Card,
+    ChainCard,
     EnsembleCard,
     ModelCard,
     read_any_card,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "ENSEMBLE_METHODS",
     "Card",
+    "ChainCard",
     "EnsembleCard",
     "ModelCard",
     "all_cards",

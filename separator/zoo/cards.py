@@ -10,11 +10,13 @@ recipes export:
     sample_rate: 44100
     chunk_size: 352800                   # samples per chunk the model was trained on
     weights: {file: x.safetensors, url: https://..., sha256: ..., size: 123}
+                                         # or urls: [first, mirror, ...], tried in order
     license: MIT
     source: who trained it and where it is documented
     sdr: {benchmark: musdb18hq, vocals: 11.0}
 
-An ensemble card (`ensemble: {models, method, weights, stems}`) fixes a combination of models.
+An ensemble card (`ensemble: {models, method, weights, stems}`) fixes a combination of models; a
+chain card (`chain: [a:vocals, b:noreverb, c]`) runs models one after another on one stem each.
 An MSST YAML (`audio:` / `model:` / `training:`) is read into a ModelCard through its family's
 `from_msst`.
 """
@@ -28,10 +30,23 @@ from pathlib import Path
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.files import atomic_write, check_name, read_yaml, safe_name, sha256_file
+from separator.files import atomic_write, check_name, plain, read_yaml, safe_name, sha256_file
 from separator.nn import get_family, infer_msst_family
 
-ENSEMBLE_METHODS = ("avg", "median", "max_spec", "min_spec")
+# How an ensemble combines its members' stems (separator.inference.combine says how each works):
+# element-wise on the waveforms, per bin of our STFT, or per bin as MSST's ensemble.py does.
+ENSEMBLE_METHODS = (
+    "avg", "median", "min_wave", "max_wave",
+    "max_spec", "min_spec",
+    "avg_fft", "median_fft", "min_fft", "max_fft",
+)  # fmt: skip
+# Other tools' names for the same methods (MSST's ensemble.py, audio-separator's presets).
+METHOD_ALIASES = {"avg_wave": "avg", "median_wave": "median"}
+
+
+def canonical_method(method: str) -> str:
+    """Our name of an ensemble method (`avg_wave` is MSST's name of `avg`)."""
+    return METHOD_ALIASES.get(method, method)
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,7 @@ class ModelCard:
                 raise ConfigError(f"`{key}:` must be a positive integer, got {value!r}")
         if not isinstance(self.weights, Mapping):
             raise ConfigError("`weights:` must be a mapping (file, url, sha256, size)")
+        _check_urls(self.weights)
 
     @property
     def weights_path(self) -> Path | None:
@@ -79,6 +95,13 @@ class ModelCard:
         return p if p.is_absolute() or self.path is None else self.path.parent / p
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """Where the weights can be downloaded: `weights.urls` (the first, then its mirrors), or
+        the one `weights.url`; empty for a card with a local file only."""
+        urls = self.weights.get("urls") or [self.weights.get("url")]
+        return tuple(str(u) for u in urls if u)
+
+    @property
     def where(self) -> str:
         """How errors name this card: its file, else its name."""
         return str(self.path) if self.path else f"model {self.name}"
@@ -86,7 +109,7 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
         out["stems"] = list(self.stems)
-        out["model"] = _plain(self.model)
+        out["model"] = plain(self.model)
         return {k: v for k, v in out.items() if v not in ("", {}, [], None)}
 
     @classmethod
@@ -106,13 +129,21 @@ class ModelCard:
             raise ConfigError(f"{where}{e}") from None
 
 
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively (YAML/JSON friendly)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def _check_urls(weights: Mapping[str, Any]) -> None:
+    """`weights.url` (one string) or `weights.urls` (a non-empty list of strings), not both."""
+    urls = weights.get("urls")
+    if urls is None:
+        if "url" in weights and not isinstance(weights["url"], str):
+            raise ConfigError("`weights.url` must be one URL; list mirrors in `weights.urls`")
+        return
+    if "url" in weights:
+        raise ConfigError(
+            "give `weights.url` or `weights.urls` (first URL, then mirrors), not both"
+        )
+    if not isinstance(urls, (list, tuple)) or not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("`weights.urls` must be a non-empty list of URLs")
+    if len(set(urls)) != len(urls):
+        raise ConfigError("`weights.urls` lists a URL twice")
 
 
 @dataclass(frozen=True)
@@ -161,7 +192,7 @@ class EnsembleCard:
         try:
             return cls(
                 models=tuple(str(m) for m in spec["models"]),
-                method=str(spec.get("method", "avg")),
+                method=canonical_method(str(spec.get("method", "avg"))),
                 weights=tuple(float(w) for w in weights) if weights is not None else None,
                 stem_models={str(k): tuple(v) for k, v in (spec.get("stems") or {}).items()},
                 path=path,
@@ -171,7 +202,75 @@ class EnsembleCard:
             raise ConfigError(f"{where}{e}") from None
 
 
-Card = ModelCard | EnsembleCard
+def parse_chain(spec: str | list) -> tuple[tuple[str, str | None], ...]:
+    """`"a:vocals > b:noreverb > c"` (or a list of `model[:stem]` strings) -> ((model, stem), ...).
+
+    Each step but the last names the stem of its output that the next step separates; the last
+    step's stems are the chain's outputs. A step's model may be an ensemble (`a,b:vocals`).
+    """
+    parts = [p.strip() for p in spec.split(">")] if isinstance(spec, str) else list(spec)
+    steps = []
+    for part in parts:
+        if not isinstance(part, str) or not part:
+            raise ConfigError(f"chain {spec!r}: empty step; write `a:vocals > b:noreverb > c`")
+        model, _, stem = part.partition(":")
+        for name in model.split(","):
+            check_name(name.strip(), "model name")
+        steps.append((model.strip(), check_name(stem.strip()) if stem else None))
+    if len(steps) < 2:
+        raise ConfigError(f"chain {spec!r}: a chain needs at least two steps (`a:vocals > b`)")
+    missing = [m for m, stem in steps[:-1] if stem is None]
+    if missing:
+        raise ConfigError(
+            f"chain {spec!r}: step {missing[0]!r} must name the stem the next step takes "
+            f"(`{missing[0]}:vocals > ...`)"
+        )
+    if steps[-1][1] is not None:
+        raise ConfigError(
+            f"chain {spec!r}: the last step takes no stem; all its stems are outputs (choose "
+            "them with `stems`)"
+        )
+    return tuple(steps)
+
+
+@dataclass(frozen=True)
+class ChainCard:
+    """Models run one after another, each on one stem of the previous one's output:
+    `chain: [a:vocals, b:noreverb, c]` (or the string `a:vocals > b:noreverb > c`)."""
+
+    name: str
+    steps: tuple[tuple[str, str | None], ...]
+    license: str = "see the member models"
+    source: str = ""
+    sdr: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "model name")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models of the steps (an ensemble step counts its members)."""
+        return tuple(n.strip() for m, _ in self.steps for n in m.split(","))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: Path | None = None) -> ChainCard:
+        where = f"{path}: " if path else ""
+        values = dict(values)
+        spec = values.pop("chain")
+        unknown = sorted(set(values) - {"name", "license", "source", "sdr", "notes"})
+        if unknown:
+            raise ConfigError(f"{where}unknown chain card key(s): {', '.join(unknown)}")
+        if "name" not in values:
+            raise ConfigError(f"{where}a chain card needs `name` and `chain`")
+        try:
+            return cls(steps=parse_chain(spec), path=path, **values)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{where}{e}") from None
+
+
+Card = ModelCard | EnsembleCard | ChainCard
 
 
 def check_ensemble(
@@ -180,7 +279,7 @@ def check_ensemble(
     """Validate an ensemble's members, weights and method."""
     if len(models) < 2:
         raise ConfigError(f"{where}: an ensemble needs at least two models, got {list(models)}")
-    if method not in ENSEMBLE_METHODS:
+    if canonical_method(method) not in ENSEMBLE_METHODS:
         raise ConfigError(
             f"{where}: unknown ensemble method {method!r}; use {', '.join(ENSEMBLE_METHODS)}"
         )
@@ -240,6 +339,8 @@ def read_any_card(
         config = read_yaml(path)
     if "ensemble" in config:
         return EnsembleCard.from_dict(config, path)
+    if "chain" in config:
+        return ChainCard.from_dict(config, path)
     if is_card(config):
         if model_type is not None and model_type != config.get("architecture"):
             where = f"{path}: " if path else ""
@@ -256,8 +357,9 @@ def read_card(
 ) -> ModelCard:
     """A ModelCard from a card YAML, an MSST YAML, or an already-parsed mapping of either."""
     card = read_any_card(config, model_type=model_type)
-    if isinstance(card, EnsembleCard):
-        raise ConfigError(f"{card.path or card.name}: an ensemble card, not a single model")
+    if not isinstance(card, ModelCard):
+        kind = "an ensemble" if isinstance(card, EnsembleCard) else "a chain"
+        raise ConfigError(f"{card.path or card.name}: {kind} card, not a single model")
     return card
 
 

@@ -7,6 +7,7 @@ In a wheel the shipped folders are installed inside the package (`separator/buil
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -70,10 +71,8 @@ def all_cards() -> dict[str, Card]:
 def _read_cards(files: list[Path]) -> dict[str, Card]:
     cards: dict[str, Card] = {}
     for path in files:
-        data = read_yaml(path)
-        if "ensemble" not in data and "architecture" not in data:
-            raise ConfigError(f"{path}: not a model card (no `architecture:` or `ensemble:`)")
-        card = read_any_card(data, path=path)
+        st = path.stat()
+        card = _read_card_file(path, st.st_size, st.st_mtime_ns)
         if card.name in cards:
             raise ConfigError(
                 f"{path}: model name {card.name!r} is also used by {cards[card.name].path}"
@@ -82,6 +81,30 @@ def _read_cards(files: list[Path]) -> dict[str, Card]:
     return cards
 
 
+@functools.lru_cache(maxsize=1024)
+def _read_card_file(path: Path, size: int, mtime_ns: int) -> Card:
+    """One card file, parsed once per (path, size, mtime): adding a card re-reads only it."""
+    data = read_yaml(path)
+    if not {"ensemble", "architecture", "chain"} & set(data):
+        raise ConfigError(f"{path}: not a model card (no `architecture:`, `ensemble:` or `chain:`)")
+    return read_any_card(data, path=path)
+
+
 def find_card(name: str) -> Card | None:
     """The known card called `name`, or None."""
     return all_cards().get(name)
+
+
+def checkpoint_names() -> dict[str, str]:
+    """{checkpoint file name or its stem: card name}, from every card's weight URLs (mirrors
+    included), so the names UVR and audio-separator users know (`model_bs_roformer_ep_317_sdr_
+    12.9755.ckpt`) find their card. A name two cards share is left out as ambiguous."""
+    from urllib.parse import unquote, urlsplit
+
+    found: dict[str, set[str]] = {}
+    for name, card in all_cards().items():
+        for url in getattr(card, "urls", ()):
+            file = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+            for key in {file, Path(file).stem}:
+                found.setdefault(key, set()).add(name)
+    return {key: next(iter(names)) for key, names in found.items() if len(names) == 1}

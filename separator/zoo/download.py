@@ -4,6 +4,9 @@ A file is used only after its sha256 has been checked. When a card publishes no 
 download is pinned in `cache_dir()/pins.json` (trust on first use) and every later use is checked
 against that pin. Downloads go to `<dest>.part` and are renamed into place only once verified, so
 a half-written or tampered file is never loaded. An interrupted download resumes with HTTP Range.
+
+A file may have mirrors: `fetch([url, mirror, ...], sha256)` tries them in order until one gives
+bytes with the expected hash. The first URL names the file (its pin and its cache name).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +37,14 @@ _OFFLINE_HINT = (
 )
 
 
+class _Unreachable(SeparatorError):
+    """No connection; `short` says so without the what-to-do hint (given once for mirrors)."""
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(message)
+        self.short = short
+
+
 def cache_dir() -> Path:
     """Where downloaded weights live: `$SEPARATOR_CACHE`, else the platform's user cache dir."""
     env = os.environ.get("SEPARATOR_CACHE")
@@ -45,7 +57,7 @@ def verify(path: Path, sha256: str) -> bool:
 
 
 def fetch(
-    url: str,
+    url: str | Sequence[str],
     sha256: str | None,
     *,
     dest: Path | None = None,
@@ -54,16 +66,23 @@ def fetch(
 ) -> Path:
     """Return the local path of the file at `url`, downloading and verifying it if needed.
 
-    `sha256` is the published hash; None means "not published", in which case the hash of the
-    first download is pinned and later calls are checked against the pin.
+    `url` may be a list: the first URL and its mirrors, tried in order; every one is checked
+    against the same hash. `sha256` is the published hash; None means "not published", in which
+    case the hash of the first download is pinned (under the first URL) and later calls are
+    checked against the pin.
     """
-    _check_scheme(url)
-    expected = _check_hash_arg(url, sha256) or pinned_sha256(url)
-    dest = Path(dest) if dest is not None else cache_dir() / url_file_name(url)
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise SeparatorError("no URL to download from; the model card names none")
+    for u in urls:
+        _check_scheme(u)
+    key = urls[0]
+    expected = _check_hash_arg(key, sha256) or pinned_sha256(key)
+    dest = Path(dest) if dest is not None else cache_dir() / url_file_name(key)
     if dest.is_file():
         actual = sha256_file(dest)
         if expected is None:
-            _pin(url, actual, dest)
+            _pin(key, actual, dest)
             return dest
         if actual == expected:
             return dest
@@ -73,23 +92,67 @@ def fetch(
             f"{dest} did not match sha256 {expected} (got {actual}); downloading again",
             stacklevel=2,
         )
-    if _is_offline(offline):
+    if is_offline(offline):
+        mirrors = f" (or a mirror: {', '.join(urls[1:])})" if len(urls) > 1 else ""
         raise SeparatorError(
-            f"offline mode: {dest} is missing; download {url} by hand and save it as {dest}"
+            f"offline mode: {dest} is missing; download {key}{mirrors} by hand and save it as "
+            f"{dest}"
         )
+    return _download_any(urls, dest, expected, progress)
+
+
+def _download_any(urls: list[str], dest: Path, expected: str | None, progress: bool) -> Path:
+    """Download the first of `urls` that gives the expected bytes into `dest`; on failure, the
+    folders made for it are removed again and the error says what each URL did."""
+    failures = []
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
+    for u in urls:
+        try:
+            actual = _download_verified(u, dest, expected, progress)
+        except SeparatorError as e:
+            if len(urls) == 1:
+                _remove_empty(made)
+                raise
+            failures.append(getattr(e, "short", str(e)))
+            continue
+        if expected is None:
+            _pin(urls[0], actual, dest)
+        os.replace(dest.with_name(dest.name + ".part"), dest)  # atomic: dest is verified
+        return dest
+    hint = _OFFLINE_HINT.format(dest=dest).replace("that URL", "one of them")
+    _remove_empty(made)
+    raise SeparatorError(
+        f"all {len(urls)} URLs failed for {dest.name}: {'; '.join(failures)}; {hint}"
+    )
+
+
+def _download_verified(url: str, dest: Path, expected: str | None, progress: bool) -> str:
+    """Download `url` into `<dest>.part` and return its sha256, which must be `expected` (if
+    given). A mismatch deletes the .part; a mismatch after resuming (a .part left by another
+    mirror or an older file) retries once from the start."""
     part = dest.with_name(dest.name + ".part")
-    _download(url, part, dest, progress)
-    actual = sha256_file(part)
-    if expected is None:
-        _pin(url, actual, dest)
-    elif actual != expected:
+    for attempt in (0, 1):
+        resumed = part.is_file() and part.stat().st_size > 0
+        _download(url, part, dest, progress)
+        actual = sha256_file(part)
+        if expected is None or actual == expected:
+            return actual
         part.unlink()
-        raise SeparatorError(
-            f"{url}: sha256 mismatch: expected {expected}, got {actual}; the download was "
-            "deleted. Check the URL and hash in the model card"
-        )
-    os.replace(part, dest)  # atomic: dest only ever holds a verified file
-    return dest
+        if not resumed or attempt:
+            break
+    raise SeparatorError(
+        f"{url}: sha256 mismatch: expected {expected}, got {actual}; the download was "
+        "deleted. Check the URL and hash in the model card"
+    )
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download made (innermost first), if nothing else is there."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): leave it and its parents
+            break
 
 
 # --- download --------------------------------------------------------------------------------
@@ -110,10 +173,8 @@ def _download(url: str, part: Path, dest: Path, progress: bool, *, retried: bool
         ) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        hint = _OFFLINE_HINT.format(dest=dest)
-        raise SeparatorError(
-            f"cannot download {url}: the network or host is unreachable ({reason}); {hint}"
-        ) from None
+        short = f"cannot download {url}: the network or host is unreachable ({reason})"
+        raise _Unreachable(f"{short}; {_OFFLINE_HINT.format(dest=dest)}", short) from None
     with response:
         offset = _resume_offset(response, start)
         length = response.headers.get("Content-Length")
@@ -244,7 +305,8 @@ def _check_scheme(url: str) -> None:
         raise SeparatorError(f"{url}: only http(s) URLs can be downloaded; fix the model card")
 
 
-def _is_offline(offline: bool | None) -> bool:
+def is_offline(offline: bool | None = None) -> bool:
+    """`offline` if given, else SEPARATOR_OFFLINE=1 (or true/yes)."""
     if offline is not None:
         return offline
     return os.environ.get("SEPARATOR_OFFLINE", "").strip().lower() in ("1", "true", "yes")

@@ -25,8 +25,16 @@ from torch import Tensor, nn
 from separator.errors import CheckpointError, ConfigError, SeparatorError
 from separator.files import check_name, read_yaml, sha256_file
 from separator.nn import get_family
-from separator.zoo.cards import Card, EnsembleCard, ModelCard, read_any_card, read_card
-from separator.zoo.catalog import all_cards
+from separator.zoo.cards import (
+    Card,
+    ChainCard,
+    EnsembleCard,
+    ModelCard,
+    read_any_card,
+    read_card,
+)
+from separator.zoo.catalog import all_cards, checkpoint_names
+from separator.zoo.checks import check_chunk_size, culprit_field
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
 from separator.zoo.mismatch import mismatch_message
@@ -45,10 +53,15 @@ def build_model(card: ModelCard) -> nn.Module:
             stems=card.stems,
             chunk_size=card.chunk_size,
         )
-    except ConfigError as e:
-        raise ConfigError(f"{card.where}: {e}") from None
-    except (TypeError, ValueError) as e:  # a value of the wrong type deep in a constructor
+    except (ConfigError, TypeError, ValueError) as e:  # TypeError etc.: deep in a constructor
         first = (str(e).splitlines() or [type(e).__name__])[0]
+        key = culprit_field(card.model, first)
+        if key is not None:
+            raise ConfigError(
+                f"{card.where}: bad `model.{key}` {card.model[key]!r} ({first})"
+            ) from None
+        if isinstance(e, ConfigError):
+            raise ConfigError(f"{card.where}: {e}") from None
         raise ConfigError(f"{card.where}: bad value in `model:` ({first})") from None
 
 
@@ -72,13 +85,23 @@ def load_card(
     """The model a card describes, with `checkpoint` (default: the card's weights) loaded.
 
     Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
-    `chunk_size` set.
+    `chunk_size` set, and `model_name` (the card's name, for messages).
     """
     path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
     model = build_model(card)
     fmt = get_family(card.architecture).checkpoint_format
-    load_weights(model, read_weights(path, fmt), source=path, config=card.path)
-    return model.to(device).eval()
+    try:
+        sd = read_weights(path, fmt)
+    except CheckpointError as e:
+        if checkpoint is not None:
+            raise
+        field = "weights.file" if card.weights_path is not None else "weights.url"
+        raise CheckpointError(f"{card.where}: `{field}`: {e}") from None
+    load_weights(model, sd, source=path, config=card.path)
+    model.model_name = card.name
+    model = model.to(device).eval()
+    check_chunk_size(model, card.where)
+    return model
 
 
 # --- where a card's weights are ----------------------------------------------------------------
@@ -87,10 +110,9 @@ def cached_path(card: ModelCard) -> Path | None:
     local = card.weights_path
     if local is not None:
         return local
-    url = card.weights.get("url")
-    if not url:
+    if not card.urls:
         return None
-    return cache_dir() / card.name / url_file_name(url)
+    return cache_dir() / card.name / url_file_name(card.urls[0])
 
 
 def is_cached(card: ModelCard) -> bool:
@@ -107,7 +129,8 @@ def weights_file(card: ModelCard, *, offline: bool | None = None, progress: bool
     local = card.weights_path
     if local is not None:
         if not local.is_file():
-            raise SeparatorError(f"{card.where}: weights file {local} is missing")
+            problem = "is a folder" if local.is_dir() else "no such file"
+            raise SeparatorError(f"{card.where}: `weights.file` {local}: {problem}")
         sha = card.weights.get("sha256")
         if sha and sha256_file(local) != str(sha).strip().lower():
             raise SeparatorError(
@@ -115,11 +138,14 @@ def weights_file(card: ModelCard, *, offline: bool | None = None, progress: bool
                 "replaced); restore the file or fix the card's `weights.sha256`"
             )
         return local
-    url = card.weights.get("url")
-    if not url:
+    if not card.urls:
         raise SeparatorError(f"{card.where}: the card names no weights file or URL")
     return fetch(
-        url, card.weights.get("sha256"), dest=cached_path(card), offline=offline, progress=progress
+        card.urls,
+        card.weights.get("sha256"),
+        dest=cached_path(card),
+        offline=offline,
+        progress=progress,
     )
 
 
@@ -135,12 +161,14 @@ def resolve(
     A checkpoint path may come first: `resolve("x.ckpt", "config.yaml")` is read as
     `resolve("config.yaml", "x.ckpt")`.
     """
-    if isinstance(model, (ModelCard, EnsembleCard)):
+    if isinstance(model, (ModelCard, EnsembleCard, ChainCard)):
         return model, _optional_path(checkpoint)
     if isinstance(model, Mapping):
         return read_any_card(model, model_type=model_type), _optional_path(checkpoint)
     target = Path(model)
     if target.suffix in CHECKPOINT_SUFFIXES:
+        if not target.exists() and str(model) in checkpoint_names():  # a UVR file name
+            return _named(str(model), checkpoint, model_type)
         if not target.exists():
             raise SeparatorError(f"{target}: no such model file")
         if checkpoint is None or Path(checkpoint).suffix not in YAML_SUFFIXES:
@@ -167,7 +195,9 @@ def _optional_path(checkpoint: str | os.PathLike | None) -> Path | None:
 
 
 def _named(name: str, checkpoint, model_type: str | None) -> tuple[Card, None]:
-    card = all_cards().get(name)
+    """The card called `name`, or the card whose weights file is called `name` (or its stem)."""
+    cards = all_cards()
+    card = cards.get(name) or cards.get(checkpoint_names().get(name, ""))
     if card is None:
         raise SeparatorError(
             f"unknown model {name!r}: not a file and not a known model name (see `separator "
@@ -198,7 +228,7 @@ def _is_card_file(path: Path) -> bool:
         data = read_yaml(path)
     except ConfigError:
         return False
-    return "architecture" in data or "ensemble" in data
+    return bool({"architecture", "ensemble", "chain"} & set(data))
 
 
 def load_model(
@@ -216,10 +246,9 @@ def load_model(
     keys where that is unambiguous). `offline` (or SEPARATOR_OFFLINE=1) never downloads.
     """
     card, path = resolve(model, checkpoint, model_type=model_type)
-    if isinstance(card, EnsembleCard):
-        raise SeparatorError(
-            f"{card.name} is an ensemble: load it with load_separator({card.name!r})"
-        )
+    if not isinstance(card, ModelCard):
+        kind = "an ensemble" if isinstance(card, EnsembleCard) else "a chain"
+        raise SeparatorError(f"{card.name} is {kind}: load it with load_separator({card.name!r})")
     if path is None and not card.weights:
         raise SeparatorError(f"{card.where}: a config needs its checkpoint; pass `checkpoint`")
     return load_card(card, path, device=device, offline=offline)
