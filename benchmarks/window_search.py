@@ -173,14 +173,20 @@ def main() -> None:
         print(f"{name}: MSST4 {theirs['MSST num_overlap=4']:.3f}, MSST2 "
               f"{theirs['MSST num_overlap=2']:.3f}, best ours {ours[best]:.3f} ({best}) "
               f"[{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
+        table(rows, evals, seconds)  # after every track, so that a stopped run still reports
+
+
+def table(rows: dict, evals: dict, seconds: float) -> None:
+    """The mean over the tracks so far, best first; evaluations summed over the tracks."""
+    n = len(rows[next(iter(rows))])
     base = statistics.mean(rows["MSST num_overlap=4"])
-    print(f"\n{len(rows[next(iter(rows))])} tracks, {seconds:.0f} s")
+    print(f"\n{n} tracks so far, {seconds:.0f} s")
     print("| setting | mean SDR (dB) | Δ vs MSST num_overlap=4 | evaluations | ratio to MSST 4 |")
     print("|---|---|---|---|---|")
     for k in sorted(rows, key=lambda k: -statistics.mean(rows[k])):
         mean = statistics.mean(rows[k])
         print(f"| {k} | {mean:.3f} | {mean - base:+.3f} | {evals[k]:.0f} | "
-              f"{evals[k] / evals['MSST num_overlap=4']:.2f} |")  # fmt: skip
+              f"{evals[k] / evals['MSST num_overlap=4']:.2f} |", flush=True)  # fmt: skip
 
 
 def _references(stems, audio) -> tuple[np.ndarray, list]:
