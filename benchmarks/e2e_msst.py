@@ -73,7 +73,8 @@ def make_model(dest: Path, source: Path) -> Path:
     torch.manual_seed(0)
     model = build_model(read_card(source))
     weights = dest / "viperx_random.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    # clone: the rotary tables are one tensor shared by every layer, which safetensors refuses
+    save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(weights))
     card = yaml.safe_load(source.read_text())
     card.update(name="viperx_random", source="random weights (benchmark)")
     card["weights"] = {"file": weights.name, "sha256": sha256_file(weights),
@@ -105,8 +106,7 @@ def run_msst(src: Path, out: Path, msst: Path, weights: Path, num_overlap: int) 
     from utils.model_utils import demix
 
     config = yaml.load((msst / MSST_YAML).read_text(), Loader=yaml.FullLoader)
-    card = yaml.safe_load(weights.with_suffix(".yaml").read_text())
-    config["model"] = card["model"]  # the card's model section is an MSST model section
+    config["model"] = msst_model_args(weights.with_suffix(".yaml"))  # an MSST model section
     config = ConfigDict(config)
     config.inference.num_overlap = num_overlap
     model = BSRoformer(**dict(config.model))
@@ -119,7 +119,18 @@ def run_msst(src: Path, out: Path, msst: Path, weights: Path, num_overlap: int) 
         sf.write(out / src.stem / f"{name}.wav", wav.T, rate, subtype="PCM_24")
 
 
+def msst_model_args(card: Path) -> dict:
+    """The card's model section as MSST's YAML gives it: lists as tuples (its constructor's
+    beartype hints say tuple[int, ...]; MSST's YAMLs write !!python/tuple)."""
+    import yaml
+
+    model = yaml.safe_load(card.read_text())["model"]
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+
+
 def child(args: argparse.Namespace) -> None:
+    if args.child.startswith("chunk-"):
+        return chunk_child(args.child, args.card, args.msst, args.chunk_seconds)
     start = time.perf_counter()
     if args.child == "msst":
         weights = args.card.with_suffix(".safetensors")
@@ -155,39 +166,69 @@ def evaluations(chunk: int, length: int, tool: str, num_overlap: int = 4) -> int
 
 
 def per_chunk(args: argparse.Namespace, tmp: Path, card: Path) -> None:
-    """Estimate when a full run is too slow: one chunk of each model, times the evaluations."""
+    """Estimate when a full run is too slow: one chunk of each model, times the evaluations.
+
+    Each timing is a fresh child process (ours, MSST, ours, ...: interleaved) that loads the
+    model and runs one chunk; its peak RSS is the model plus one chunk's activations, which is
+    the peak of a whole run for ours (streaming) and, within the few MB of the track's arrays
+    that MSST also holds, for MSST's demix on 30 s."""
+    runs: dict[str, list[dict]] = {"ours": [], "msst": []}
+    for _ in range(args.repeats):
+        for name in runs:
+            cmd = [sys.executable, __file__, "--child", f"chunk-{name}", "--card", str(card),
+                   "--msst", str(tmp / "msst")]  # fmt: skip
+            if args.chunk_seconds:
+                cmd += ["--chunk-seconds", str(args.chunk_seconds)]
+            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} child failed:\n{done.stderr[-3000:]}")
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(name, runs[name][-1], flush=True)
+    t = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+    rss = {k: max(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
+    chunk = runs["ours"][0]["chunk"]
+    length = int(args.seconds * 44100)
+    n_ours = evaluations(chunk, length, "ours")
+    print(f"\none {chunk}-sample chunk: ours {t['ours']:.1f} s, MSST {t['msst']:.1f} s "
+          f"({t['msst'] / t['ours']:.2f}x); peak RSS ours {rss['ours']:.0f} MB, MSST "
+          f"{rss['msst']:.0f} MB; {args.seconds:g} s of audio: ours {n_ours} chunks, "
+          f"estimated {n_ours * t['ours']:.0f} s")  # fmt: skip
+    for n in args.msst_overlaps:
+        n_msst = evaluations(chunk, length, "msst", n)
+        ratio = n_msst * t["msst"] / (n_ours * t["ours"])
+        print(f"MSST num_overlap={n}: {n_msst} chunks, estimated {n_msst * t['msst']:.0f} s; "
+              f"ours estimated {ratio:.2f}x faster")  # fmt: skip
+
+
+def chunk_child(tool: str, card: Path, msst: Path, seconds: float | None) -> None:
+    """One chunk through one tool's model, in this fresh process: seconds and peak RSS.
+
+    With `seconds`, a shorter input is timed and its time scaled to the chunk's length
+    (linearly: an estimate that leaves out attention's growth with length, alike for both)."""
     import torch
     import yaml
     from safetensors.torch import load_file
 
-    from separator.zoo import load_model
+    if tool == "chunk-ours":
+        from separator.zoo import load_model
 
-    sys.path.insert(0, str(tmp / "msst"))
-    from models.bs_roformer import BSRoformer
+        model = load_model(card).eval()
+    else:
+        sys.path.insert(0, str(msst))
+        from models.bs_roformer import BSRoformer
 
-    ours = load_model(card).eval()
-    theirs = BSRoformer(**yaml.safe_load(card.read_text())["model"]).eval()
-    theirs.load_state_dict(load_file(str(card.with_suffix(".safetensors"))), strict=True)
-    chunk = int(ours.chunk_size)
-    x = 0.1 * torch.randn(1, 2, chunk, generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {"ours": [], "msst": []}
+        model = BSRoformer(**msst_model_args(card)).eval()
+        model.load_state_dict(load_file(str(card.with_suffix(".safetensors"))), strict=True)
+    chunk = int(yaml.safe_load(card.read_text())["chunk_size"])
+    n = int(seconds * 44100) if seconds else chunk
+    x = 0.1 * torch.randn(1, 2, n, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        for _ in range(args.repeats):
-            for name, model in (("ours", ours), ("msst", theirs)):
-                start = time.perf_counter()
-                model(x)
-                times[name].append(time.perf_counter() - start)
-                print(name, f"{times[name][-1]:.1f} s per chunk", flush=True)
-    t = {k: statistics.median(v) for k, v in times.items()}
-    length = int(args.seconds * 44100)
-    n_ours = evaluations(chunk, length, "ours")
-    print(f"\none {chunk}-sample chunk: ours {t['ours']:.1f} s, MSST {t['msst']:.1f} s "
-          f"({t['msst'] / t['ours']:.2f}x); {args.seconds:g} s of audio: ours {n_ours} "
-          "chunks")  # fmt: skip
-    for n in args.msst_overlaps:
-        n_msst = evaluations(chunk, length, "msst", n)
-        ratio = n_msst * t["msst"] / (n_ours * t["ours"])
-        print(f"MSST num_overlap={n}: {n_msst} chunks; estimated end-to-end {ratio:.2f}x")
+        start = time.perf_counter()
+        model(x)
+        took = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": took * chunk / n, "peak_rss_mb": peak_mb, "chunk": chunk,
+                      "timed_samples": n}))  # fmt: skip
 
 
 def main() -> None:
@@ -200,6 +241,7 @@ def main() -> None:
     ap.add_argument("--msst-overlaps", type=int, nargs="+", default=[4])
     ap.add_argument("--model-card", type=Path, default=CARD, help="shape (random weights)")
     ap.add_argument("--per-chunk", action="store_true", help="estimate from one chunk each")
+    ap.add_argument("--chunk-seconds", type=float, help="--per-chunk: time a shorter input")
     ap.add_argument("--child")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--card", type=Path)
