@@ -168,7 +168,7 @@ def setup_reference(repo: str, workdir: Path) -> str:
 
 def build_pair(repo: str, commit: str, name: str):
     """(reference, ours, config text) for one MSST config, ours holding the reference's weights."""
-    from separator.checkpoints import parse_yaml
+    from separator.files import parse_yaml
     from separator.nn.registry import get_family
 
     family, path = CONFIGS[name]

@@ -13,8 +13,8 @@ from golden_cases import FIXTURES, load_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from separator.checkpoints import parse_yaml
 from separator.errors import ConfigError
+from separator.files import parse_yaml
 from separator.nn import bandit, bandit_v2, recurrent
 from separator.nn.bandit import BanditCore
 from separator.nn.bandit_v2 import BanditV2Core

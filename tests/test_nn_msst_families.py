@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from separator.errors import ConfigError
-from separator.nn import infer_msst_family
+from separator.nn import infer_msst_family, msst_model_section
 from separator.nn.family import msst_stems, safe_stem_name, safe_stem_names
 from tests.msst_families import CONFIGS, msst_config, one_thread  # noqa: F401  (autouse)
 
@@ -51,6 +51,24 @@ EXPECTED = {
     "config_vocals_scnet_large": "scnet",
     "config_musdb18_scnet_tran": "scnet_tran",
     "config_apollo": "apollo",
+    "config_dnr_bandit_bsrnn_multi_mus64": "bandit",
+    "config_vocals_bandit_bsrnn_multi_mus64": "bandit",
+    "config_dnr_bandit_v2_mus64": "bandit_v2",  # its model is in `kwargs:`
+    "config_musdb18_bs_roformer": "bs_roformer",
+    "config_musdb18_bs_roformer_384_8_2_485100_sage": "bs_roformer",
+    "config_musdb18_bs_roformer_with_lora": "bs_roformer",
+    "config_vocals_bs_roformer": "bs_roformer",
+    "viperx_model_bs_roformer_ep_317_sdr_12.9755": "bs_roformer",
+    "config_musdb18_mel_band_roformer": "mel_band_roformer",
+    "config_musdb18_mel_band_roformer_all_stems": "mel_band_roformer",
+    "config_musdb18_mel_band_roformer_sage": "mel_band_roformer",
+    "config_vocals_mel_band_roformer": "mel_band_roformer",
+    "config_vocals_mel_band_roformer_kj": "mel_band_roformer",
+    "viperx_model_mel_band_roformer_ep_3005_sdr_11.4360": "mel_band_roformer",
+    "config_vocals_bs_conformer": "bs_conformer",
+    "config_musdb18_mel_band_conformer": "mel_band_conformer",
+    "config_musdb18_mel_band_conformer_all_stems": "mel_band_conformer",
+    "config_vocals_mel_band_conformer": "mel_band_conformer",
 }
 
 
@@ -60,7 +78,7 @@ def test_every_config_has_an_expected_family():
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_inference_picks_one_family(name):
-    assert infer_msst_family(msst_config(name)["model"]).name == EXPECTED[name]
+    assert infer_msst_family(msst_model_section(msst_config(name))).name == EXPECTED[name]
 
 
 @pytest.mark.parametrize(
@@ -98,3 +116,13 @@ def test_trains(family, config):
     missing = {n for n, p in module.named_parameters() if p.requires_grad and p.grad is None}
     # SCNet_Tran's first_conv is built but never used by MSST either.
     assert missing == ({"first_conv.weight"} if family == "scnet_tran" else set())
+
+
+def test_a_raw_bandit_v2_yaml_is_read_without_a_model_type():
+    """MSST keeps BandIt v2's arguments under `kwargs:` (no `model:`): its type is still found."""
+    from separator.files import read_yaml
+    from separator.zoo.cards import card_from_msst
+
+    path = CONFIGS / "config_dnr_bandit_v2_mus64.yaml"
+    card = card_from_msst(read_yaml(path), path)
+    assert (card.architecture, card.sample_rate) == ("bandit_v2", 48000)

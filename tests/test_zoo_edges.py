@@ -66,8 +66,21 @@ def test_a_training_run_folder_loads_through_its_exported_card(tmp_path):
     assert load_model(run).model_name == "tiny"
     song = write_wav(tmp_path / "song.wav", noise(2, 44100 // 2), 44100)
     out = tmp_path / "out"
-    assert separate_main([str(song), "--model", f"{run}/", "-o", str(out), "-q",
-                          "--filename", "{track}/{stem}.{ext}"]) == 0
+    assert (
+        separate_main(
+            [
+                str(song),
+                "--model",
+                f"{run}/",
+                "-o",
+                str(out),
+                "-q",
+                "--filename",
+                "{track}/{stem}.{ext}",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (out / "song").iterdir()) == ["other.wav", "vocals.wav"]
     (run / "copy.yaml").write_text(card.read_text())  # two cards: which one is meant?
     with pytest.raises(SeparatorError, match=r"expected one model card .* found 2"):

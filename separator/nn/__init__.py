@@ -10,7 +10,14 @@ from separator.nn.conformer import BSConformer, MelBandConformer
 from separator.nn.experimental import BSRoformerExperimental, MelBandRoformerExperimental
 from separator.nn.family import Family, set_io
 from separator.nn.mel_roformer import MelBandRoformer
-from separator.nn.registry import FAMILIES, get_family, infer_msst_family, register, unregister
+from separator.nn.registry import (
+    FAMILIES,
+    get_family,
+    infer_msst_family,
+    msst_model_section,
+    register,
+    unregister,
+)
 
 __all__ = [
     "FAMILIES",
@@ -26,6 +33,7 @@ __all__ = [
     "RoformerConfig",
     "get_family",
     "infer_msst_family",
+    "msst_model_section",
     "register",
     "set_io",
     "unregister",

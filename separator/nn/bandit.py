@@ -140,18 +140,7 @@ class BanditConfig:
         return layout
 
     def core(self) -> CoreConfig:
-        return CoreConfig(
-            stems=self.mask_stems,
-            emb_dim=self.emb_dim,
-            rnn_dim=self.rnn_dim,
-            n_sqm_modules=self.n_sqm_modules,
-            bidirectional=bool(self.bidirectional),
-            rnn_type=self.rnn_type,
-            mlp_dim=self.mlp_dim,
-            hidden_activation=self.hidden_activation,
-            hidden_activation_kwargs=self.hidden_activation_kwargs,
-            complex_mask=bool(self.complex_mask),
-        )
+        return CoreConfig.of(self, self.mask_stems)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> BanditConfig:

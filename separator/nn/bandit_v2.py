@@ -138,18 +138,7 @@ class BanditV2Config:
             raise ConfigError(f"kwargs.wkwargs do not fit {self.window_fn}: {first}") from None
 
     def core(self) -> CoreConfig:
-        return CoreConfig(
-            stems=self.stems,
-            emb_dim=self.emb_dim,
-            rnn_dim=self.rnn_dim,
-            n_sqm_modules=self.n_sqm_modules,
-            bidirectional=bool(self.bidirectional),
-            rnn_type=self.rnn_type,
-            mlp_dim=self.mlp_dim,
-            hidden_activation=self.hidden_activation,
-            hidden_activation_kwargs=self.hidden_activation_kwargs,
-            complex_mask=bool(self.complex_mask),
-        )
+        return CoreConfig.of(self, self.stems)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> BanditV2Config:

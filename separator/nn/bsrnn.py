@@ -24,8 +24,10 @@ per-band module classes hold the parameters.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,6 +174,16 @@ class CoreConfig:
     hidden_activation: str
     hidden_activation_kwargs: dict | None
     complex_mask: bool
+
+    @classmethod
+    def of(cls, config: Any, stems: Sequence[str]) -> CoreConfig:
+        """The core's fields read from a family's config (BandIt v1 or v2), which names them
+        alike; `stems` are the mask estimators' stems."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "stems"]
+        fields = {name: getattr(config, name) for name in names}
+        for flag in ("bidirectional", "complex_mask"):
+            fields[flag] = bool(fields[flag])
+        return cls(stems=tuple(stems), **fields)
 
     def __post_init__(self) -> None:
         for name in ("emb_dim", "rnn_dim", "mlp_dim"):

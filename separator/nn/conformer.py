@@ -20,7 +20,6 @@ Reference behaviour reproduced (ccc011a):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,7 +39,7 @@ from separator.nn.layers import (
     unit_rms,
 )
 from separator.nn.mel_roformer import MelBandRoformer
-from separator.nn.roformer import RoformerBase, roformer_family
+from separator.nn.roformer import RoformerBase, roformer_family, variant_match
 
 
 class ConformerConvModule(nn.Module):
@@ -216,16 +215,5 @@ _KEYS = {
 }
 
 
-def _bs_match(model: Mapping[str, Any]) -> int:
-    """A BS section with conformer keys (these score above the generic BS match)."""
-    keys = set(model)
-    return 3 if {"dim", "depth"} <= keys and keys & _KEYS and "num_bands" not in keys else 0
-
-
-def _mel_match(model: Mapping[str, Any]) -> int:
-    keys = set(model)
-    return 3 if {"dim", "depth", "num_bands"} <= keys and keys & _KEYS else 0
-
-
-BS_FAMILY = roformer_family("bs_conformer", BSConformer, _bs_match)
-MEL_FAMILY = roformer_family("mel_band_conformer", MelBandConformer, _mel_match)
+BS_FAMILY = roformer_family("bs_conformer", BSConformer, variant_match(_KEYS, mel=False))
+MEL_FAMILY = roformer_family("mel_band_conformer", MelBandConformer, variant_match(_KEYS, mel=True))

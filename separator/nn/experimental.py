@@ -21,7 +21,6 @@ Reference behaviour that checkpoints trained with this code depend on (ccc011a):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -38,7 +37,7 @@ from separator.nn.layers import (
     _Identity,
 )
 from separator.nn.mel_roformer import MelBandRoformer
-from separator.nn.roformer import RoformerBase, roformer_family
+from separator.nn.roformer import RoformerBase, roformer_family, variant_match
 
 
 class _OffsetRMSNorm(nn.Module):
@@ -222,18 +221,9 @@ class MelBandRoformerExperimental(_ExperimentalTrunk, MelBandRoformer):
 _KEYS = {"use_value_residual_learning", "num_residual_streams"}
 
 
-def _bs_match(model: Mapping[str, Any]) -> int:
-    """A BS section with the experimental keys (these score above the generic BS match)."""
-    keys = set(model)
-    return 3 if {"dim", "depth"} <= keys and keys & _KEYS and "num_bands" not in keys else 0
-
-
-def _mel_match(model: Mapping[str, Any]) -> int:
-    keys = set(model)
-    return 3 if {"dim", "depth", "num_bands"} <= keys and keys & _KEYS else 0
-
-
-BS_FAMILY = roformer_family("bs_roformer_experimental", BSRoformerExperimental, _bs_match)
+BS_FAMILY = roformer_family(
+    "bs_roformer_experimental", BSRoformerExperimental, variant_match(_KEYS, mel=False)
+)
 MEL_FAMILY = roformer_family(
-    "mel_band_roformer_experimental", MelBandRoformerExperimental, _mel_match
+    "mel_band_roformer_experimental", MelBandRoformerExperimental, variant_match(_KEYS, mel=True)
 )

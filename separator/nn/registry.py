@@ -69,6 +69,15 @@ def get_family(name: str) -> Family:
         ) from None
 
 
+def msst_model_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The model's arguments in an MSST YAML: its `model:` section, or `kwargs:` where MSST keeps
+    them for `bandit_v2` (whose YAMLs name a `cls:` instead); {} if it has neither."""
+    for key in ("model", "kwargs"):
+        if isinstance(config.get(key), Mapping):
+            return config[key]
+    return {}
+
+
 def infer_msst_family(model: Mapping[str, Any]) -> Family:
     """The family whose MSST `model:` sections this one looks most like (`Family.msst_match`).
 

@@ -197,6 +197,19 @@ class RoformerBase(nn.Module):
         raise NotImplementedError
 
 
+def variant_match(marker_keys: set[str], *, mel: bool) -> Callable[[Mapping[str, Any]], int]:
+    """`Family.msst_match` of a RoFormer variant: a BS (no `num_bands`) or Mel (`num_bands`)
+    section that has any of the variant's own keys scores 3, above the plain RoFormers."""
+
+    def match(model: Mapping[str, Any]) -> int:
+        keys = set(model)
+        if not {"dim", "depth"} <= keys or not keys & marker_keys:
+            return 0
+        return 3 if ("num_bands" in keys) == mel else 0
+
+    return match
+
+
 def roformer_family(
     name: str, cls: type[RoformerBase], msst_match: Callable[[Mapping[str, Any]], int]
 ) -> Family:

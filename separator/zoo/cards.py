@@ -31,7 +31,7 @@ from typing import Any
 
 from separator.errors import ConfigError
 from separator.files import atomic_write, check_name, plain, read_yaml, safe_name, sha256_file
-from separator.nn import get_family, infer_msst_family
+from separator.nn import get_family, infer_msst_family, msst_model_section
 
 # How an ensemble combines its members' stems (separator.inference.combine says how each works):
 # element-wise on the waveforms, per bin of our STFT, or per bin as MSST's ensemble.py does.
@@ -313,7 +313,7 @@ def card_from_msst(
     where = f"{path}: " if path else ""
     try:
         family = (
-            get_family(model_type) if model_type else infer_msst_family(data.get("model") or {})
+            get_family(model_type) if model_type else infer_msst_family(msst_model_section(data))
         )
         if family.from_msst is None:
             raise ConfigError(f"{family.name} models are not read from MSST configs")
