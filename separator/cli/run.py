@@ -18,6 +18,7 @@ from separator.cli.batch import (
     expand_inputs,
     json_line,
     plan_jobs,
+    precision_ran,
     rtf,
     run_jobs,
     skipped,
@@ -143,7 +144,7 @@ def _work(sep, options: dict, label: str, bars):
         return Result(
             str(job.path), "ok", label, {k: str(v) for k, v in written.items()},
             round(seconds, 3), round(frames / rate, 3) if frames else None,
-            round(speed, 4) if speed is not None else None,
+            round(speed, 4) if speed is not None else None, precision=precision_ran(sep),
         )  # fmt: skip
 
     return work

@@ -12,6 +12,7 @@ with track length. Outputs keep the input's sample rate, channel count and exact
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,11 +33,11 @@ from separator.inference.engine import (
 from separator.inference.inputs import as_waveform, check_sample_rate
 from separator.inference.outputs import TrackOutputs
 from separator.inference.pipeline import ModelPipeline, Progress
+from separator.inference.precision import PRECISIONS, resolve_precision
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
 from separator.inference.writers import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT, OutputSpec
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -170,8 +171,11 @@ class Separator(SeparatorBase):
 
     `model`: any `nn.Module` with `forward((B, C, T)) -> (B, S, C, T)`, `sample_rate`, `stems`,
     `audio_channels` and `chunk_size`. `overlap`: model evaluations per sample (>= 1).
-    `precision`: "fp32", or "bf16"/"fp16" autocast (fp16 needs a GPU). `tta`: average the
-    channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`.
+    `precision`: "auto" (bf16 where the hardware runs it natively and it is faster for this
+    model, else fp32; see `separator.inference.precision`), "fp32", or "bf16"/"fp16" autocast
+    (fp16 needs a GPU); `self.precision` is the one that runs. `tta`: average the
+    channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`
+    (GPUs only: on the CPU it warns that it does not help and runs eagerly).
     """
 
     def __init__(
@@ -182,25 +186,22 @@ class Separator(SeparatorBase):
         overlap: float = DEFAULT_OVERLAP,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_size: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         tta: bool = False,
         compile: bool = False,
     ) -> None:
         check_model(model)
         check_stem_names(model.stems)
-        if precision not in PRECISIONS:
-            raise SeparatorError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise SeparatorError("fp16 autocast needs a GPU; use bf16 or fp32 on the CPU")
         model = model.to(self.device).eval()
         self._residuals = bool(getattr(model, "residuals", True))
+        self.precision = resolve_precision(precision, model, self.device)
         if tta:
             model = TTAModel(model)
         self.model = model
-        self._forward: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+        self._forward: nn.Module = compiled(model, self.device) if compile else model
         self.overlap, self.batch_size, self.chunk_size = overlap, batch_size, chunk_size
-        self.autocast_dtype = PRECISIONS[precision]
+        self.autocast_dtype = PRECISIONS[self.precision]
         self.new_engine()  # validate overlap / batch size / chunk size now, not mid-file
 
     @classmethod
@@ -236,6 +237,22 @@ class Separator(SeparatorBase):
 
     def _pipeline(self, in_rate: int, in_channels: int, plans: list[StemPlan], where: str):
         return ModelPipeline(self.model, self.new_engine, in_rate, in_channels, plans, where)
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile` with static shapes (one graph per chunk shape), on GPUs only.
+
+    On the CPU it does not pay for these models: compiling takes 45 s (warm cache) to 5.5 min
+    (cold) and the compiled forward was no faster (benchmarks/README.md, "--compile").
+    """
+    if device.type == "cpu":
+        warnings.warn(
+            "torch.compile does not speed these models up on the CPU (minutes of compiling, "
+            "no faster afterwards): running without it",
+            stacklevel=3,
+        )
+        return model
+    return torch.compile(model, dynamic=False)  # type: ignore[return-value]
 
 
 def track_name(path: Path) -> str:
