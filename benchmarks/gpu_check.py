@@ -13,6 +13,12 @@
 4. The Trainer on CUDA: the tiny recipe for 30 steps with bf16 and fp16 autocast (the GradScaler
    path) on a small data set written from the example's stems, then `--resume` to 40 steps; the
    exported card separates on CUDA.
+5. The host CPU, where it runs bf16 natively (AVX512-BF16/AMX): `bench_precision.py` (fp32 and
+   bf16 seconds per chunk, share of the matmul peaks) and `int8_experiment.py` (dynamic int8
+   against fp32), and what `precision="auto"` picks for the default model there.
+
+Sections 1-2 also run `precision="auto"` on CUDA and print what it picked (and its one-off
+timing). Needs `pip install -e ".[bench]"` plus the package's dependencies.
 
 Prints one report and writes it to `--out/gpu_check.txt`.
 """
@@ -70,19 +76,21 @@ def check_default_model() -> None:
     audio, rate = sf.read(EXAMPLE, dtype="float32", always_2d=True)
     wav = torch.from_numpy(audio.T.copy())
     model = load_pretrained(ROOT / "pretrained" / "separator_default.yaml")
-    cpu = Separator(model, device="cpu").separate_tensor(wav, rate)
+    cpu = Separator(model, device="cpu", precision="fp32").separate_tensor(wav, rate)
     runs = {
-        "cuda fp32": dict(device="cuda"),
+        "cuda fp32": dict(device="cuda", precision="fp32"),
         "cuda bf16": dict(device="cuda", precision="bf16"),
         "cuda fp16": dict(device="cuda", precision="fp16"),
-        "cuda fp32 compile": dict(device="cuda", compile=True),
+        "cuda fp32 compile": dict(device="cuda", precision="fp32", compile=True),
+        "cuda auto": dict(device="cuda"),
     }
     ref = None
     for name, kwargs in runs.items():
         t0 = time.perf_counter()
-        out = Separator(load_pretrained(ROOT / "pretrained" / "separator_default.yaml"), **kwargs)
-        out = out.separate_tensor(wav, rate)
+        sep = Separator(load_pretrained(ROOT / "pretrained" / "separator_default.yaml"), **kwargs)
+        out = sep.separate_tensor(wav, rate)
         took = time.perf_counter() - t0
+        name = f"{name} ({sep.precision})" if name.endswith("auto") else name
         base, against = (cpu, "cpu fp32") if ref is None else (ref, "cuda fp32")
         worst = min(float(sdr(base[s], out[s])) for s in base)
         diff = max((base[s] - out[s]).abs().max().item() for s in base)
@@ -118,11 +126,15 @@ def check_inference_speed() -> None:
     }
     for name, make in models.items():
         model = make()
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", "bf16", "auto"):
+            t0 = time.perf_counter()
             sep = Separator(model, device="cuda", precision=precision, batch_size=4)
+            setup = time.perf_counter() - t0  # for auto: the one-off timing (then cached)
             took = synced_median(lambda sep=sep: sep.separate_tensor(wav, 44100))
-            say(f"{name:30s} {precision}: {seconds / took:7.1f}x real time ({took:.2f} s for "
-                f"{seconds:.0f} s, overlap 2, batch 4)")  # fmt: skip
+            goal = "  (goal >= 100x in bf16)" if precision == "bf16" and "512" in name else ""
+            say(f"{name:30s} {precision} ({sep.precision}): {seconds / took:7.1f}x real time "
+                f"({took:.2f} s for {seconds:.0f} s, overlap 2, batch 4; set-up {setup:.1f} s)"
+                f"{goal}")  # fmt: skip
         del model
         torch.cuda.empty_cache()
 
@@ -227,6 +239,34 @@ def check_trainer() -> None:
             f"{resumed.get('best_sdr')}; {took:.0f} s; {sdr}")  # fmt: skip
 
 
+def check_host_cpu() -> None:
+    """Issue 19's CPU goals where this machine's CPU runs bf16 natively (the 2-core dev machine
+    does not): bf16 share of the bf16 matmul peak, auto's choice, int8 against bf16."""
+    from separator.inference.precision import cpu_bf16_native
+
+    say("\n## 5. the host CPU: bf16 and int8 (issue 19, sections 1-3)")
+    if not cpu_bf16_native():
+        say("skipped: this CPU has no AVX512-BF16/AMX")
+        return
+    bench = ROOT / "benchmarks"
+    for cmd in (
+        ["bench_precision.py", "--configs", "kim_mel,bs384,default", "--seconds", "4",
+         "--repeats", "3"],
+        ["int8_experiment.py", "--configs", "kim_mel,bs384", "--seconds", "4", "--repeats", "3"],
+    ):  # fmt: skip
+        res = subprocess.run([sys.executable, str(bench / cmd[0]), *cmd[1:]], capture_output=True,
+                             text=True, timeout=300, cwd=ROOT)  # fmt: skip
+        say("$ python3 benchmarks/" + " ".join(cmd))
+        for line in (res.stdout + res.stderr[-2000:]).strip().splitlines():
+            if not line.startswith(" ") and "Warning" not in line:
+                say(line)
+    model = load_pretrained(ROOT / "pretrained" / "separator_default.yaml")
+    t0 = time.perf_counter()
+    sep = Separator(model, device="cpu")
+    say(f"default model on this CPU: auto picks {sep.precision} ({time.perf_counter() - t0:.1f} s "
+        "for the one-off timing)")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("."))
@@ -238,7 +278,9 @@ def main() -> int:
         f"{torch.__version__}, CUDA {torch.version.cuda}, python "
         f"{sys.version.split()[0]}")  # fmt: skip
     failed = 0
-    for check in (check_default_model, check_inference_speed, check_training_speed, check_trainer):
+    checks = (check_default_model, check_inference_speed, check_training_speed, check_trainer,
+              check_host_cpu)  # fmt: skip
+    for check in checks:
         t0 = time.perf_counter()
         try:
             check()

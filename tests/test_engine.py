@@ -86,12 +86,16 @@ def test_chunk_size_override_and_evaluation_count():
     assert evaluations_per_sample(400, 2) == 2.0
 
 
-def test_window_is_positive_hann_at_overlap_2_and_not_mutated():
-    w = make_window(1000, chunk_step(1000, 2))
+def test_window_is_positive_flat_with_short_linear_fades_and_not_mutated():
+    w = make_window(1000, chunk_step(1000, 2))  # fades of FADE * 1000 = 50 samples
     assert w.min() > 0 and w.max() <= 1
-    assert torch.allclose(window_norm(w, 500), torch.ones(500), atol=1e-6)  # Hann sums to 1
-    w_flat = make_window(900, chunk_step(900, 1.5))  # fades of 300, flat top of 300
-    assert torch.all(w_flat[300:600] == 1) and w_flat[0] < 0.01
+    assert torch.all(w[50:950] == 1) and w[49] < 1 and w[950] < 1
+    assert torch.allclose(w[:50], (torch.arange(50) + 0.5) / 50)
+    assert torch.equal(w.flip(0), w)
+    norm = window_norm(w, 500)  # a fade of one chunk meets the flat middle of the other
+    assert torch.allclose(norm[:50], 1 + w[:50]) and torch.all(norm[50:450] == 2)
+    w_short = make_window(900, chunk_step(900, 1.02))  # the overlap is shorter than the fade
+    assert torch.all(w_short[18:882] == 1) and w_short[0] < 0.05
     assert torch.all(make_window(64, 64) == 1)
 
     model = GainModel(chunk_size=100)

@@ -64,7 +64,7 @@ def test_default_bs_bands_sum_to_bins():
 
 def test_bs_bands_must_sum_to_bins():
     with pytest.raises(
-        ConfigError, match="sum of freqs_per_bands is 128 but stft_n_fft=256 gives 129"
+        ConfigError, match="sum of model.freqs_per_bands is 128 but stft_n_fft=256 gives 129"
     ):
         BSRoformer(**TINY, freqs_per_bands=(64, 64))
 

@@ -49,6 +49,7 @@ class Result:
     audio_seconds: float | None = None
     rtf: float | None = None
     error: str | None = None
+    precision: str | None = None  # the one that ran: fp32, bf16, or bf16/fp32 for a mix
 
     def record(self) -> dict:
         return dict(self.__dict__)
@@ -218,7 +219,21 @@ def summary_line(result: Result) -> str:
         return f"{name}: skipped (exists)"
     folder = _common_folder([Path(p) for p in result.stems.values()])
     rtf = f"{result.rtf:.2f}" if result.rtf is not None else "-"
-    return f"{name} → {folder}: {', '.join(result.stems)} ({result.seconds:.1f} s, RTF {rtf})"
+    ran = f", {result.precision}" if result.precision else ""
+    return f"{name} → {folder}: {', '.join(result.stems)} ({result.seconds:.1f} s, RTF {rtf}{ran})"
+
+
+def precision_ran(sep) -> str:
+    """The precision a separator runs: "fp32", "bf16", or "bf16/fp32" for an ensemble or chain
+    whose models differ."""
+    return "/".join(dict.fromkeys(_precisions(sep)))
+
+
+def _precisions(sep) -> list[str]:
+    parts = getattr(sep, "members", None) or getattr(sep, "steps", None)
+    if parts:
+        return [p for part in parts for p in _precisions(part)]
+    return [getattr(sep, "precision", None) or "fp32"]
 
 
 def json_line(result: Result, **extra) -> str:

@@ -101,7 +101,13 @@ def _cuda(torch) -> list[str]:
 def _precisions(torch) -> list[str]:
     out = ["fp32"]
     cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    out.append("bf16 (CUDA)" if cuda_bf16 else "bf16 (CPU autocast)")
+    if cuda_bf16:
+        out.append("bf16 (CUDA)")
+    else:
+        from separator.inference.precision import cpu_bf16_native
+
+        native = "native" if cpu_bf16_native() else "emulated: auto runs fp32"
+        out.append(f"bf16 (CPU autocast, {native})")
     if torch.cuda.is_available():
         out.append("fp16 (CUDA)")
     return out

@@ -18,6 +18,7 @@ from separator.cli.batch import (
     expand_inputs,
     json_line,
     plan_jobs,
+    precision_ran,
     rtf,
     run_jobs,
     skipped,
@@ -61,7 +62,9 @@ def run_batch(
         sep, default_name = _load_separator(quiet=quiet, **loading)
         label = default_name or label
         set_chunk_seconds(sep, chunk_seconds)
-        plans = resolve_stems(sep.stems, options["stems"], residual=options["residual"])
+        plans = resolve_stems(
+            sep.stems, options["stems"], residual=options["residual"], residuals=sep.residuals
+        )
     except SeparatorError as e:
         typer.echo(f"error: {cli_message(str(e))}", err=True)
         return 2
@@ -141,7 +144,7 @@ def _work(sep, options: dict, label: str, bars):
         return Result(
             str(job.path), "ok", label, {k: str(v) for k, v in written.items()},
             round(seconds, 3), round(frames / rate, 3) if frames else None,
-            round(speed, 4) if speed is not None else None,
+            round(speed, 4) if speed is not None else None, precision=precision_ran(sep),
         )  # fmt: skip
 
     return work

@@ -84,7 +84,9 @@ def separate_cmd(
     ] = None,
     batch_size: Annotated[int, Opt(help="chunks per model call")] = DEFAULT_BATCH_SIZE,
     device: Annotated[str, Opt("--device", "-d", help="auto, cpu, cuda or mps")] = "auto",
-    precision: Annotated[str, Opt(help="fp32, or bf16/fp16 autocast")] = "fp32",
+    precision: Annotated[
+        str, Opt(help="auto (bf16 where native and faster, else fp32), fp32, bf16, fp16")
+    ] = "auto",
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model")] = False,
     tta: Annotated[bool, Opt("--tta", help="average channel-swap/polarity passes")] = False,
     jobs: Annotated[int, Opt("--jobs", "-j", help="files separated at the same time")] = 1,

@@ -66,6 +66,11 @@ class Ensemble(SeparatorBase):
     def stems(self) -> tuple[str, ...]:
         return tuple(self._stems)
 
+    @property
+    def residuals(self) -> bool:
+        """Residual stems exist only if every member has them (see `Family.residuals`)."""
+        return all(m.residuals for m in self.members)
+
     def _pipeline(self, in_rate, in_channels, plans, where, rewind=None):
         return _EnsemblePipeline(self, in_rate, in_channels, plans, where, rewind)
 

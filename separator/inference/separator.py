@@ -12,6 +12,7 @@ with track length. Outputs keep the input's sample rate, channel count and exact
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -34,13 +35,13 @@ from separator.inference.inputs import as_waveform, check_sample_rate
 from separator.inference.mixture_norm import MixtureStats, NormalizedEngine, mixture_stats
 from separator.inference.outputs import TrackOutputs
 from separator.inference.pipeline import ModelPipeline, Progress
+from separator.inference.precision import PRECISIONS, resolve_precision
 from separator.inference.stems import StemPlan, available_stems, check_stem_names, resolve_stems
 from separator.inference.writers import DEFAULT_BITS, DEFAULT_CLIP, DEFAULT_FORMAT, OutputSpec
 from separator.zoo.pipeline import PipelineSpec
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 Rewind = Callable[[], Iterator[np.ndarray]]  # the input's blocks, read again from the start
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -74,9 +75,14 @@ class SeparatorBase:
         raise NotImplementedError
 
     @property
+    def residuals(self) -> bool:
+        """Whether the residual stems (`instrumental`, `no_<stem>`) exist for this model."""
+        return True
+
+    @property
     def available_stems(self) -> list[str]:
         """Every name `stems=` accepts: model stems, `instrumental`, `no_<stem>`."""
-        return available_stems(self.stems)
+        return available_stems(self.stems, self.residuals)
 
     def _pipeline(
         self,
@@ -92,7 +98,7 @@ class SeparatorBase:
     def _plans(self, stems: str | Sequence[str] | None, residual: str = "minus") -> list[StemPlan]:
         """The outputs to make for `stems` (None: the default ones, every model stem);
         `residual`: how `no_<stem>`/`instrumental` are made (see `resolve_stems`)."""
-        return resolve_stems(self.stems, stems, residual=residual)
+        return resolve_stems(self.stems, stems, residual=residual, residuals=self.residuals)
 
     def separate_tensor(
         self,
@@ -180,9 +186,12 @@ class Separator(SeparatorBase):
     """Separates audio with a model that follows the engine's protocol.
 
     `model`: any `nn.Module` with `forward((B, C, T)) -> (B, S, C, T)`, `sample_rate`, `stems`,
-    `audio_channels` and `chunk_size`. `overlap`: model evaluations per sample (>= 1; default 2).
-    `precision`: "fp32", or "bf16"/"fp16" autocast (fp16 needs a GPU). `tta`: average the
-    channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`.
+    `audio_channels` and `chunk_size`. `overlap`: model evaluations per sample (>= 1).
+    `precision`: "auto" (bf16 where the hardware runs it natively and it is faster for this
+    model, else fp32; see `separator.inference.precision`), "fp32", or "bf16"/"fp16" autocast
+    (fp16 needs a GPU); `self.precision` is the one that runs. `tta`: average the
+    channel-swapped and polarity-inverted passes. `compile`: wrap the model in `torch.compile`
+    (GPUs only: on the CPU it warns that it does not help and runs eagerly).
 
     A model whose card declares demucs's pipeline (`model.pipeline`, `zoo.pipeline`) runs in the
     apply_model engine (`inference.apply_model`), with mixture normalisation if the card says so:
@@ -199,7 +208,7 @@ class Separator(SeparatorBase):
         overlap: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_size: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         tta: bool = False,
         compile: bool = False,
         shifts: int | None = None,
@@ -212,18 +221,16 @@ class Separator(SeparatorBase):
             raise SeparatorError("`tta` and `compile` do not apply to the apply_model pipeline")
         self.shifts, self.segment, self.seed = shifts, segment, seed
         check_stem_names(model.stems)
-        if precision not in PRECISIONS:
-            raise SeparatorError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise SeparatorError("fp16 autocast needs a GPU; use bf16 or fp32 on the CPU")
         model = model.to(self.device).eval()
+        self._residuals = bool(getattr(model, "residuals", True))
+        self.precision = resolve_precision(precision, model, self.device)
         if tta:
             model = TTAModel(model)
         self.model = model
-        self._forward: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+        self._forward: nn.Module = compiled(model, self.device) if compile else model
         self.overlap, self.batch_size, self.chunk_size = overlap, batch_size, chunk_size
-        self.autocast_dtype = PRECISIONS[precision]
+        self.autocast_dtype = PRECISIONS[self.precision]
         self.new_engine()  # validate overlap / batch size / chunk size now, not mid-file
 
     @classmethod
@@ -239,6 +246,11 @@ class Separator(SeparatorBase):
     def stems(self) -> tuple[str, ...]:
         """The model's own stems, in output order."""
         return tuple(self.model.stems)
+
+    @property
+    def residuals(self) -> bool:
+        """The model's `residuals` attribute (set by the loader from its family; default True)."""
+        return self._residuals
 
     def new_engine(self, stats: MixtureStats | None = None) -> StreamingEngine:
         """A fresh streaming engine with this separator's settings (one per stream), on the
@@ -278,6 +290,22 @@ def apply_model_engine(sep: Separator, stats: MixtureStats | None):
         autocast_dtype=sep.autocast_dtype,
     )  # fmt: skip
     return NormalizedEngine(engine, stats) if stats is not None else engine
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile` with static shapes (one graph per chunk shape), on GPUs only.
+
+    On the CPU it does not pay for these models: compiling takes 45 s (warm cache) to 5.5 min
+    (cold) and the compiled forward was no faster (benchmarks/README.md, "--compile").
+    """
+    if device.type == "cpu":
+        warnings.warn(
+            "torch.compile does not speed these models up on the CPU (minutes of compiling, "
+            "no faster afterwards): running without it",
+            stacklevel=3,
+        )
+        return model
+    return torch.compile(model, dynamic=False)  # type: ignore[return-value]
 
 
 def track_name(path: Path) -> str:

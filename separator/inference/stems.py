@@ -31,9 +31,12 @@ class StemPlan:
         return (self.index,) if self.index is not None else self.minus + self.adds
 
 
-def available_stems(model_stems: Sequence[str]) -> list[str]:
-    """Every name `--stems` accepts for a model: its stems, then the residuals."""
+def available_stems(model_stems: Sequence[str], residuals: bool = True) -> list[str]:
+    """Every name `--stems` accepts for a model: its stems, then the residuals (unless the model
+    has none: see `Family.residuals`)."""
     names = list(model_stems)
+    if not residuals:
+        return names
     if "vocals" in model_stems and "instrumental" not in model_stems:
         names.append("instrumental")
     names += [f"no_{s}" for s in model_stems if f"no_{s}" not in model_stems]
@@ -55,12 +58,15 @@ def resolve_stems(
     requested: str | Sequence[str] | None = None,
     *,
     residual: str = "minus",
+    residuals: bool = True,
 ) -> list[StemPlan]:
     """Map requested names (a list or "vocals,drums"; None = all model stems) to plans.
 
     `instrumental` is the mixture minus `vocals`, `no_<stem>` the mixture minus `<stem>`, unless
     the model has a stem of that name itself; with `residual="add"`, they are the sum of the
-    model's other stems instead. Unknown names raise `SeparatorError` listing the accepted ones.
+    model's other stems instead. `residuals=False` (a model whose output is not a part of the
+    mixture, e.g. restoration) offers none. Unknown names raise `SeparatorError` listing the
+    accepted ones.
     """
     if residual not in ("minus", "add"):
         raise SeparatorError(f"unknown `residual` {residual!r}; use minus or add")
@@ -72,10 +78,15 @@ def resolve_stems(
         names = [s.strip() for s in requested]
     if not names:
         raise SeparatorError(
-            "no stems requested; available: " + ", ".join(available_stems(model_stems))
+            "no stems requested; available: " + ", ".join(available_stems(model_stems, residuals))
         )
     plans: list[StemPlan] = []
     for name in dict.fromkeys(names):  # keep order, drop repeats
+        if not residuals and name not in model_stems:
+            raise SeparatorError(
+                f"unknown stem {name!r}; this model has: {', '.join(model_stems)} (its output is "
+                "not a part of the mixture, e.g. a restoration model, so it has no residual stems)"
+            )
         plan = _plan(model_stems, name)
         if residual == "add" and plan.minus:
             others = tuple(i for i in range(len(model_stems)) if i not in plan.minus)

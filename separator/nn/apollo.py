@@ -330,4 +330,5 @@ FAMILY = Family(
     from_msst=_from_msst,
     msst_match=_msst_match,
     description="Apollo band-sequence audio restoration, MSST's apollo",
+    residuals=False,  # the output is the restored mixture, not a part of it
 )

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from separator.errors import ConfigError
 from separator.nn.layers import RMSNorm, WeightCache
 
 # A group may pad its bands to at most this factor of their real total width: a few large matmuls
@@ -38,12 +39,12 @@ def check_bs_bands(freqs_per_bands: Sequence[int], n_fft: int) -> tuple[int, ...
     """Validate a BS-RoFormer band layout: positive widths that sum to the STFT bins."""
     bands = tuple(int(f) for f in freqs_per_bands)
     if len(bands) < 2:
-        raise ValueError("freqs_per_bands needs at least 2 bands")
+        raise ConfigError(f"model.freqs_per_bands needs at least 2 bands, got {bands}")
     if any(f <= 0 for f in bands):
-        raise ValueError(f"freqs_per_bands must be positive, got {bands}")
+        raise ConfigError(f"model.freqs_per_bands must be positive, got {bands}")
     if sum(bands) != stft_bins(n_fft):
-        raise ValueError(
-            f"sum of freqs_per_bands is {sum(bands)} but stft_n_fft={n_fft} gives "
+        raise ConfigError(
+            f"sum of model.freqs_per_bands is {sum(bands)} but stft_n_fft={n_fft} gives "
             f"{stft_bins(n_fft)} bins; they must be equal"
         )
     return bands
@@ -71,13 +72,18 @@ def mel_band_matrix(
         fb[0, 0] = fb[0, 1] * 0.25
         fb[-1, -1] = fb[-1, -2] * 0.25
     else:
-        raise ValueError(f"edges must be 'forced' or 'neighbour', got {edges!r}")
+        raise ConfigError(f"mel band edges must be 'forced' or 'neighbour', got {edges!r}")
     cover = fb > 0
     if not cover.any(axis=0).all():
         missing = np.flatnonzero(~cover.any(axis=0))
-        raise ValueError(f"mel bands leave STFT bins {missing[:8].tolist()} uncovered")
+        raise ConfigError(
+            f"model.num_bands={num_bands} mel bands leave STFT bins {missing[:8].tolist()} "
+            f"uncovered (stft_n_fft={n_fft}, sample_rate={sample_rate})"
+        )
     if not cover.any(axis=1).all():
-        raise ValueError(f"num_bands={num_bands} is too many for stft_n_fft={n_fft}: empty bands")
+        raise ConfigError(
+            f"model.num_bands={num_bands} is too many for stft_n_fft={n_fft}: empty bands"
+        )
     return cover
 
 
@@ -264,7 +270,10 @@ class MaskEstimator(nn.Module):
     ):
         super().__init__()
         if n_linear < 1:
-            raise ValueError("mask_estimator_depth must be at least 1")
+            raise ConfigError(
+                "model.mask_estimator_depth is too small: the mask estimators need at least "
+                f"one Linear layer, got {n_linear}"
+            )
         self.dim_inputs = tuple(int(d) for d in dim_inputs)
         hidden = dim * mlp_expansion_factor
         self.to_freqs = nn.ModuleList(

@@ -43,6 +43,10 @@ class Family:
     pipeline: the reference's chunking pipeline where it is not the engine's overlap-add
         (`separator.zoo.pipeline`: e.g. {engine: apply_model, overlap: 0.25, shifts: 1,
         normalize: true} for demucs); a card's `pipeline:` overrides its keys. None: overlap-add.
+    residuals: whether the mixture minus an output means something. True for separators (the
+        residual stems `instrumental` and `no_<stem>`); False for models whose output is not a
+        part of the mixture, such as restoration (Apollo's one output is the restored mixture).
+        The loader sets it on the module as `residuals`.
     """
 
     name: str
@@ -52,10 +56,13 @@ class Family:
     msst_match: Callable[[Mapping[str, Any]], int] | None = None
     description: str = ""
     pipeline: Mapping[str, Any] | None = None
+    residuals: bool = True
 
     def __post_init__(self) -> None:
         if self.checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ValueError(f"family {self.name}: unknown format {self.checkpoint_format!r}")
+            raise ConfigError(
+                f"family {self.name}: unknown checkpoint_format {self.checkpoint_format!r}"
+            )
 
 
 def set_io(

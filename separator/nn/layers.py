@@ -44,6 +44,10 @@ class WeightCache:
         self._value: object = None
 
     def get(self, params: Sequence[Tensor], build: Callable[[], Any]) -> Any:
+        # Under torch.compile the derived weights are part of the traced graph: a Python-side
+        # cache would add guards on its key that fail between calls and force recompiles.
+        if torch.compiler.is_compiling():
+            return build()
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()
         key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
@@ -254,7 +258,9 @@ class Attention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
             )
         gates = torch.sigmoid(proj[..., 3 * h * d : 3 * h * d + h] + bias[:h])  # (b, n, h)
-        out = out.transpose(1, 2) * gates.unsqueeze(-1)  # (b, n, h, d)
+        # Gates in the attention output's dtype: under bf16 autocast a float32 product would
+        # write (and the next matmul re-cast) the whole output at twice the bytes.
+        out = out.transpose(1, 2) * gates.to(out.dtype).unsqueeze(-1)  # (b, n, h, d)
         return out.reshape(b * n, h * d), values
 
     def forward(self, x: Tensor, rotation: Any = None) -> Tensor:

@@ -250,7 +250,10 @@ class MDX23C(nn.Module):
         """audio: (b, s, time) -> (b, n, s, time)."""
         b, s, length = audio.shape
         if s != self.config.audio_channels:
-            raise ValueError(f"model expects {self.config.audio_channels} channel(s), got {s}")
+            raise ConfigError(
+                f"model expects {self.config.audio_channels} audio channel(s) "
+                f"(model.audio_channels), got {s}"
+            )
         padded = F.pad(audio, (0, self._padded_length(length) - length))
         spec = stft(padded, n_fft=self.config.n_fft, hop_length=self.config.hop_length,
                     window=self.window)  # fmt: skip

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from separator.errors import ConfigError
 from separator.nn.bands import BandSplit, MaskEstimator, stft_bins
 from separator.nn.config import RoformerConfig
 from separator.nn.family import Family, msst_audio, msst_stems, set_io
@@ -126,7 +127,9 @@ class RoformerBase(nn.Module):
             audio = audio.unsqueeze(1)
         b, s, length = audio.shape
         if s != self.audio_channels:
-            raise ValueError(f"model expects {self.audio_channels} channel(s), got {s}")
+            raise ConfigError(
+                f"model expects {self.audio_channels} audio channel(s) (model.stereo), got {s}"
+            )
         spec = self._stft(audio)  # (b, s, f, t) complex64
         t = spec.shape[-1]
         # (b, s, f, t, c) -> (b, t, f·s·c): MSST's `b s f t c -> b t (f s c)` feature order.

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from separator.errors import ConfigError
+
 
 def stft(
     audio: Tensor,
@@ -82,7 +84,9 @@ def _norms(normalized: bool | str) -> tuple[bool, bool]:
     """(torch's frame-length normalisation, torchaudio's window normalisation) for `normalized`."""
     if isinstance(normalized, str):
         if normalized != "window":
-            raise ValueError(f"normalized must be False, True or 'window', got {normalized!r}")
+            raise ConfigError(
+                f"STFT normalized must be False, True or 'window', got {normalized!r}"
+            )
         return False, True
     return bool(normalized), False
 

@@ -93,6 +93,25 @@ class ValidationSection:
 
 
 @dataclass(frozen=True)
+class LossSection:
+    """The objective (`separator.training.losses`): term weights and settings. Unset (null) STFT
+    settings come from the model's config where its family's MSST config defines them (the
+    RoFormers' multi_stft_* and stft_n_fft), else the defaults in `losses`; so without a `loss:`
+    section a RoFormer trains on L1 + its multi-resolution STFT term, as MSST's does."""
+
+    l1: float = 1.0  # mean |est - ref| on the waveform
+    mse: float = 0.0  # mean (est - ref)^2
+    masked_mse: float = 0.0  # MSST's masked_loss (its default for MDX23C, SCNet, ...)
+    q: float = 0.95  # masked_mse: quantile above which errors are dropped (MSST training.q)
+    coarse: bool = True  # masked_mse: one error per stem and example (training.coarse_loss_clip)
+    multi_stft: float | None = None  # weight of the multi-resolution STFT L1 term
+    stft_windows: tuple[int, ...] | None = None
+    stft_hop: int | None = None
+    stft_n_fft: int | None = None  # n_fft = max(window, stft_n_fft)
+    stft_normalized: bool | None = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = "recipe"
     seed: int = 0
@@ -102,6 +121,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
+    loss: LossSection = field(default_factory=LossSection)
     license: str = "see the training data's licences"
 
     @property
@@ -141,6 +161,7 @@ _NESTED = {
     "data": DataSection,
     "training": TrainingSection,
     "validation": ValidationSection,
+    "loss": LossSection,
     "augment": Augment,
 }
 

@@ -33,9 +33,10 @@ from separator.errors import SeparatorError
 from separator.files import atomic_write
 from separator.training.data import RandomMixDataset
 from separator.training.losses import separation_loss
+from separator.training.model import build_training_model, recipe_card, training_loss
 from separator.training.recipe import Recipe
 from separator.training.runs import ProgressLog, prepare_run_folder
-from separator.zoo import ModelCard, build_model, save_card
+from separator.zoo import save_card
 from separator.zoo.cards import weights_entry
 from separator.zoo.formats import save_state_dict
 
@@ -66,20 +67,6 @@ def init_distributed() -> Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return Dist(dist.get_rank(), dist.get_world_size(), device)
-
-
-def recipe_card(recipe: Recipe) -> ModelCard:
-    """The model card of a recipe's model (its own model arguments, stems, rate and chunk)."""
-    return ModelCard(
-        name=recipe.name,
-        architecture=recipe.model.architecture,
-        model=dict(recipe.model.args),
-        stems=recipe.model_stems,
-        sample_rate=recipe.audio.sample_rate,
-        chunk_size=recipe.audio.chunk_size,
-        license=recipe.license,
-        source=f"trained with separator recipe {recipe.name}",
-    )
 
 
 def learning_rate(recipe: Recipe, step: int, plateau_scale: float) -> float:
@@ -125,12 +112,8 @@ class Trainer:
         self.out = Path(recipe.output_dir)
         torch.manual_seed(recipe.seed)
         self.card = recipe_card(recipe)  # what `export` writes: the recipe's own model arguments
-        args = dict(recipe.model.args)
-        if recipe.training.grad_checkpoint:
-            args["use_torch_checkpoint"] = True
-        model = build_model(dataclasses.replace(self.card, model=args))
-        self.model = model.to(self.dist.device).train()
-        self.config = self.model.config
+        self.model = build_training_model(recipe, self.card).to(self.dist.device).train()
+        self.loss = training_loss(recipe, self.model)
         self.ema = EMA(self.model, recipe.training.ema_decay) if recipe.training.ema_decay else None
         t = recipe.training
         # The fused kernel updates all (many, small per-band) tensors at once; same math.
@@ -267,7 +250,7 @@ class Trainer:
             sync = micro == t.grad_accum - 1 or self.dist.world == 1
             ctx = self.net.no_sync() if not sync and hasattr(self.net, "no_sync") else _null()
             with ctx, self._autocast():
-                loss = separation_loss(self.net(mix), ref, self.config) / t.grad_accum
+                loss = separation_loss(self.net(mix), ref, self.loss) / t.grad_accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
         if self.dist.world > 1:

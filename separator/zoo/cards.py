@@ -7,6 +7,7 @@ recipes export:
     architecture: bs_roformer            # a family in separator.nn.FAMILIES
     model: {dim: 384, depth: 6, ...}     # constructor arguments, as the reference's config has them
     stems: [vocals, other]
+    stem_names: {no_reverb: No Reverb}   # optional: safe stem name -> the checkpoint config's name
     sample_rate: 44100
     chunk_size: 352800                   # samples per chunk the model was trained on
     weights: {file: x.safetensors, url: https://..., sha256: ..., size: 123}
@@ -35,6 +36,7 @@ from typing import Any
 from separator.errors import ConfigError
 from separator.files import atomic_write, check_name, plain, read_yaml, safe_name, sha256_file
 from separator.nn import get_family, infer_msst_family, msst_model_section
+from separator.nn.family import safe_stem_names
 from separator.zoo.pipeline import PipelineSpec, resolve_pipeline
 
 _HEX = re.compile(r"[0-9a-fA-F]{1,64}")
@@ -71,6 +73,9 @@ class ModelCard:
     notes: str = ""
     training_data: list[str] = field(default_factory=list)  # sources and their licences
     pipeline: dict[str, Any] = field(default_factory=dict)  # see separator.zoo.pipeline
+    # {safe stem name: the name in the checkpoint's config} for stems whose name was mapped to a
+    # file-name-safe one ("No Reverb" -> no_reverb); stems named as in the config are not listed.
+    stem_names: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -100,6 +105,7 @@ class ModelCard:
             if prefix is not None and not (isinstance(prefix, str) and _HEX.fullmatch(prefix)):
                 raise ConfigError(f"`sha256_prefix` {prefix!r} must be a quoted hex string")
         resolve_pipeline(self.architecture, self.pipeline)
+        check_stem_names(self.stem_names, self.stems)
 
     @property
     def weights_path(self) -> Path | None:
@@ -355,10 +361,41 @@ def card_from_msst(
         if family.from_msst is None:
             raise ConfigError(f"{family.name} models are not read from MSST configs")
         fields = family.from_msst(data)
+        fields.setdefault("stem_names", msst_stem_origins(data, fields["stems"]))
         stem_name = name or (path.stem if path else "model")
         return ModelCard(name=safe_name(stem_name), architecture=family.name, path=path, **fields)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
+
+
+def check_stem_names(stem_names: Any, stems: tuple[str, ...]) -> None:
+    """`stem_names:` maps some of the card's stems to strings (their names in the config)."""
+    if not isinstance(stem_names, Mapping):
+        raise ConfigError("`stem_names:` must map stem names to the config's original names")
+    for safe, original in stem_names.items():
+        if safe not in stems or not isinstance(original, str):
+            raise ConfigError(
+                f"`stem_names:` entry {safe!r}: {original!r} must name one of the card's stems "
+                f"{list(stems)} and give its original name as a string"
+            )
+
+
+def msst_stem_origins(data: Mapping[str, Any], stems: list[str]) -> dict[str, str]:
+    """{safe: original} for the stems of an MSST YAML whose names were made file-name safe.
+
+    The originals are the YAML's `training.target_instrument`, else `training.instruments`, else
+    `model.sources` (SCNet), mapped as every family's `from_msst` maps them
+    (`separator.nn.family.safe_stem_names`); a family that names its stems otherwise records none.
+    """
+    training = data.get("training") or {}
+    if training.get("target_instrument"):
+        names = [training["target_instrument"]]
+    else:
+        names = list(training.get("instruments") or (data.get("model") or {}).get("sources") or [])
+    mapping = safe_stem_names(names)
+    if list(mapping) != list(stems):
+        return {}
+    return {safe: original for safe, original in mapping.items() if safe != original}
 
 
 def read_any_card(

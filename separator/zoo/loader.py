@@ -40,6 +40,7 @@ from separator.zoo.demucs import card_from_bag, card_from_package, is_bag, load_
 from separator.zoo.download import cache_dir, fetch, url_file_name
 from separator.zoo.formats import read_weights
 from separator.zoo.mismatch import mismatch_message
+from separator.zoo.tied import decide_by_checkpoint, msst_source
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors", ".th")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -47,16 +48,17 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 # --- cards -> modules ----------------------------------------------------------------------------
 def build_model(card: ModelCard) -> nn.Module:
-    """Construct (untrained) the model a card describes, with its engine attributes set."""
+    """Construct (untrained) the model a card describes, with its engine attributes set (and
+    `residuals`, from its family)."""
+    family = get_family(card.architecture)
     try:
-        module = get_family(card.architecture).build(
+        module = family.build(
             dict(card.model),
             sample_rate=card.sample_rate,
             stems=card.stems,
             chunk_size=card.chunk_size,
         )
         module.pipeline = card.spec
-        return module
     except (ConfigError, TypeError, ValueError) as e:  # TypeError etc.: deep in a constructor
         first = (str(e).splitlines() or [type(e).__name__])[0]
         key = culprit_field(card.model, first)
@@ -67,6 +69,8 @@ def build_model(card: ModelCard) -> nn.Module:
         if isinstance(e, ConfigError):
             raise ConfigError(f"{card.where}: {e}") from None
         raise ConfigError(f"{card.where}: bad value in `model:` ({first})") from None
+    module.residuals = family.residuals
+    return module
 
 
 def load_weights(
@@ -85,11 +89,14 @@ def load_card(
     *,
     device: str | torch.device = "cpu",
     offline: bool | None = None,
+    msst: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The model a card describes, with `checkpoint` (default: the card's weights) loaded.
 
     Returns the model in eval mode on `device`, with `sample_rate`, `stems`, `audio_channels` and
-    `chunk_size` set, and `model_name` (the card's name, for messages).
+    `chunk_size` set, and `model_name` (the card's name, for messages). `msst`: the MSST YAML the
+    card was read from when its model type was inferred; the checkpoint's keys then pick among
+    the families the YAML could be (`separator.zoo.tied`).
     """
     fmt = get_family(card.architecture).checkpoint_format
     if fmt == "demucs":  # packages build their own members; bags have a file per member
@@ -97,23 +104,34 @@ def load_card(
             [Path(checkpoint)] if checkpoint is not None else weights_files(card, offline=offline)
         )
         model = load_demucs_card(card, paths)
-        model.pipeline = card.spec
-        model.model_name = card.name
+        model.pipeline, model.model_name = card.spec, card.name
+        model.residuals = get_family(card.architecture).residuals
         return model.to(device).eval()
     path = Path(checkpoint) if checkpoint is not None else weights_file(card, offline=offline)
+    card, state = checkpoint_card(card, path, msst, given=checkpoint is not None)
     model = build_model(card)
-    try:
-        sd = read_weights(path, fmt)
-    except CheckpointError as e:
-        if checkpoint is not None:
-            raise
-        field = "weights.file" if card.weights_path is not None else "weights.url"
-        raise CheckpointError(f"{card.where}: `{field}`: {e}") from None
-    load_weights(model, sd, source=path, config=card.path)
+    load_weights(model, state, source=path, config=card.path)
     model.model_name = card.name
     model = model.to(device).eval()
     check_chunk_size(model, card.where)
     return model
+
+
+def checkpoint_card(
+    card: ModelCard, path: Path, msst: Mapping[str, Any] | None = None, *, given: bool = True
+) -> tuple[ModelCard, dict[str, Tensor]]:
+    """The checkpoint's state dict, and the card to load it into (see `load_card`'s `msst`).
+    An unreadable file the card's weights entry named (not `given`) names that field."""
+    try:
+        state = read_weights(path, get_family(card.architecture).checkpoint_format)
+    except CheckpointError as e:
+        if given:
+            raise
+        field = "weights.file" if card.weights_path is not None else "weights.url"
+        raise CheckpointError(f"{card.where}: `{field}`: {e}") from None
+    if msst is not None:
+        card = decide_by_checkpoint(card, msst, state, build_model)
+    return card, state
 
 
 # --- where a card's weights are ----------------------------------------------------------------
@@ -292,7 +310,8 @@ def load_model(
         raise SeparatorError(f"{card.name} is {kind}: load it with load_separator({card.name!r})")
     if path is None and not card.weights:
         raise SeparatorError(f"{card.where}: a config needs its checkpoint; pass `checkpoint`")
-    return load_card(card, path, device=device, offline=offline)
+    msst = msst_source(model, card) if model_type is None and path is not None else None
+    return load_card(card, path, device=device, offline=offline, msst=msst)
 
 
 # --- converting and importing --------------------------------------------------------------------
@@ -320,13 +339,17 @@ def convert_checkpoint(
         if p.exists() and not overwrite:
             raise CheckpointError(f"{p}: already exists (pass `force=True` to overwrite)")
     card = read_card(config, model_type=model_type)
-    model = load_card(card, checkpoint)
+    msst = msst_source(config, card) if model_type is None else None
+    card, state = checkpoint_card(card, checkpoint, msst)
+    model = build_model(card)
+    load_weights(model, state, source=checkpoint, config=card.path)
     save_state_dict(model, output, metadata={"architecture": card.architecture})
     card = ModelCard(
         name=check_name(name or output.stem, "model name"),
         architecture=card.architecture,
         model=card.model,
         stems=card.stems,
+        stem_names=card.stem_names,
         sample_rate=card.sample_rate,
         chunk_size=card.chunk_size,
         weights=weights_entry(output),

@@ -62,7 +62,10 @@ class SCNet(nn.Module):
         """audio: (b, s, time) -> (b, n, s, time)."""
         b, s, length = audio.shape
         if s != self.config.audio_channels:
-            raise ValueError(f"model expects {self.config.audio_channels} channel(s), got {s}")
+            raise ConfigError(
+                f"model expects {self.config.audio_channels} audio channel(s) "
+                f"(model.audio_channels), got {s}"
+            )
         hop = self.config.hop_size
         pad = hop - length % hop  # MSST pads a full hop when length is a multiple of it
         if ((length + pad) // hop) % 2 == 0:
@@ -212,8 +215,9 @@ def _scnet_family(name: str, cls: type[SCNet], score: int) -> Family:
     )
 
 
-# The same YAML keys describe scnet and scnet_masked: plain SCNet wins the inference (its configs
-# are the ones MSST ships); a masked checkpoint needs its model type named.
+# The same YAML keys describe scnet and scnet_masked: plain SCNet wins the inference from the YAML
+# alone (its configs are the ones MSST ships); when a checkpoint is loaded with an inferred type,
+# its keys (pos_embed_f, mask_layer.*) pick scnet_masked (separator.zoo.tied).
 SCNET = _scnet_family("scnet", SCNet, 5)
 SCNET_MASKED = _scnet_family("scnet_masked", SCNetMasked, 4)
 SCNET_TRAN = _scnet_family("scnet_tran", SCNetTran, 3)
