@@ -224,6 +224,8 @@ class Separator(SeparatorBase):
         self.device = resolve_device(device)
         model = model.to(self.device).eval()
         self._residuals = bool(getattr(model, "residuals", True))
+        if precision == "auto" and self.pipeline.apply_model:
+            precision = "fp32"  # demucs's pipeline promises demucs's output: no bf16 guess
         self.precision = resolve_precision(precision, model, self.device)
         if tta:
             model = TTAModel(model)
