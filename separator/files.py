@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,30 +18,6 @@ import yaml
 from separator.errors import ConfigError
 
 _BLOCK = 1 << 20
-# Stem, card, track and downloaded file names end up in paths: one plain path component each.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-# --- names -------------------------------------------------------------------------------------
-def is_safe_name(name: object) -> bool:
-    """True if `name` is one plain file-name component that cannot leave its folder."""
-    return isinstance(name, str) and bool(_SAFE_NAME.match(name)) and ".." not in name
-
-
-def check_name(name: str, what: str = "stem name") -> str:
-    """Return `name` if it is safe as one file-name component, else raise ConfigError."""
-    if not is_safe_name(name):
-        raise ConfigError(
-            f"{what} {name!r} is not allowed: use letters, digits, '_', '-', '.' and '+' only "
-            "(it becomes a file name and must not leave the output folder)"
-        )
-    return name
-
-
-def safe_name(name: str) -> str:
-    """`name` made safe: every other character becomes '_' (a leading one too)."""
-    out = re.sub(r"[^A-Za-z0-9_.+-]", "_", str(name).strip()).replace("..", "_")
-    return out if out[:1].isalnum() else "x" + out
 
 
 # --- writing -----------------------------------------------------------------------------------

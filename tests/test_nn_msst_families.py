@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from separator.errors import ConfigError
+from separator.names import safe_name, safe_stem_names
 from separator.nn import infer_msst_family, msst_model_section
-from separator.nn.family import msst_stems, safe_stem_name, safe_stem_names
+from separator.nn.family import msst_stems
 from tests.msst_families import CONFIGS, msst_config, one_thread  # noqa: F401  (autouse)
 
 
@@ -23,7 +24,8 @@ from tests.msst_families import CONFIGS, msst_config, one_thread  # noqa: F401  
     ],
 )
 def test_safe_stem_name(name, safe):
-    assert safe_stem_name(name) == safe
+    assert safe_name(name, lower=True) == safe
+    assert safe_name(name).lower() == safe  # one rule; `lower` only lower-cases
 
 
 def test_mapping_is_recorded_and_unique():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from separator.errors import SeparatorError
-from separator.files import safe_name
+from separator.names import safe_name
 
 DEFAULT_CLI_FILENAME = "{model}/{track}/{stem}.{ext}"
 DEMUCS_RESCALE = 1 / 1.01  # demucs divides by max(1.01 * peak, 1)
@@ -129,7 +129,7 @@ def model_label(model: str | None, config: Path | None) -> str:
             names.append(path.resolve().name)
         else:
             names.append(part)
-    return safe_name("+".join(names))
+    return safe_name("+".join(names)) or "model"
 
 
 def set_chunk_seconds(sep, seconds: float | None) -> None:

@@ -30,8 +30,9 @@ from separator.evaluation.report import (
     track_json,
     write_summary,
 )
-from separator.files import atomic_write, check_name
+from separator.files import atomic_write
 from separator.inference.audio import read_audio
+from separator.names import check_name
 
 BASELINES = ("mixture", "scaled-mixture")
 

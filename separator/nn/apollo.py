@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from separator.errors import ConfigError
-from separator.nn.family import Family, msst_audio, safe_stem_names, set_io
+from separator.names import safe_stem_names
+from separator.nn.family import Family, msst_audio, set_io
 from separator.nn.layers import WeightCache
 from separator.nn.msst_config import positive, read_section
 from separator.nn.stft import istft, stft

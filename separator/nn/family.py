@@ -11,7 +11,6 @@ Families are listed in `separator.nn.registry`; nothing here imports a family.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from separator.errors import ConfigError
+from separator.names import safe_stem_names
 
 # Checkpoint formats the zoo can read (the zoo keeps one reader per format).
 CHECKPOINT_FORMATS = ("state_dict", "demucs")
@@ -90,40 +90,6 @@ def set_io(
     module.chunk_size = chunk_size
     module.audio_channels = audio_channels
     return module
-
-
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")
-
-
-def safe_stem_name(name: object) -> str:
-    """A stem name usable as one file-name component: lower-case, `[^A-Za-z0-9_.+-]` -> `_`.
-
-    UVR/MSST configs name stems freely ("No Reverb", "No Drum-Bass", "Vocals"); those names are
-    mapped, never refused: "No Reverb" -> "no_reverb", "No Drum-Bass" -> "no_drum-bass". Runs
-    of dots become one dot and leading/trailing `_.+-` are dropped so that the result starts with
-    a letter or digit and never contains "..". A name with nothing left gives "".
-    """
-    safe = _UNSAFE_CHARS.sub("_", str(name).strip().lower())
-    safe = re.sub(r"\.{2,}", ".", safe)
-    return safe.strip("_.+-")
-
-
-def safe_stem_names(names: Sequence[object]) -> dict[str, str]:
-    """{safe name: original name} in order, for the stem names of an MSST YAML.
-
-    Every family's `from_msst` gives the card the safe names (`safe_stem_name`); cards record
-    this mapping (safe -> the YAML's name), so an output file can be traced back to the stem the
-    checkpoint's authors named. Empty results become `stem{i}`; names that collide after mapping
-    get `_2`, `_3`, ... appended.
-    """
-    out: dict[str, str] = {}
-    for i, name in enumerate(names):
-        base = safe_stem_name(name) or f"stem{i}"
-        safe, k = base, 2
-        while safe in out:
-            safe, k = f"{base}_{k}", k + 1
-        out[safe] = str(name)
-    return out
 
 
 def msst_stem_names(

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from separator.errors import ConfigError
-from separator.files import atomic_write, check_name, plain, read_yaml, safe_name, sha256_file
+from separator.files import atomic_write, plain, read_yaml, sha256_file
+from separator.names import check_name, safe_name, safe_stem_names
 from separator.nn import get_family, infer_msst_family, msst_model_section
-from separator.nn.family import safe_stem_names
 from separator.zoo.pipeline import PipelineSpec, resolve_pipeline
 
 _HEX = re.compile(r"[0-9a-fA-F]{1,64}")
@@ -363,7 +363,9 @@ def card_from_msst(
         fields = family.from_msst(data)
         fields.setdefault("stem_names", msst_stem_origins(data, fields["stems"]))
         stem_name = name or (path.stem if path else "model")
-        return ModelCard(name=safe_name(stem_name), architecture=family.name, path=path, **fields)
+        return ModelCard(
+            name=safe_name(stem_name) or "model", architecture=family.name, path=path, **fields
+        )
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
 

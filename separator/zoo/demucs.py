@@ -34,7 +34,7 @@ import yaml
 from torch import Tensor, nn
 
 from separator.errors import CheckpointError, ConfigError
-from separator.files import safe_name
+from separator.names import safe_name
 from separator.nn import demucs as demucs_nn
 from separator.nn import get_family
 from separator.nn.demucs.demucs_v2 import rename_pre_v3

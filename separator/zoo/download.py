@@ -26,7 +26,8 @@ from urllib.parse import unquote, urlsplit
 from platformdirs import user_cache_dir
 
 from separator.errors import SeparatorError
-from separator.files import atomic_write, is_safe_name, sha256_file
+from separator.files import atomic_write, sha256_file
+from separator.names import is_safe_name
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0

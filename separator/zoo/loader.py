@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from separator.errors import CheckpointError, ConfigError, SeparatorError
-from separator.files import check_name, read_yaml, sha256_file
+from separator.files import read_yaml, sha256_file
+from separator.names import check_name
 from separator.nn import get_family
 from separator.zoo.cards import (
     Card,
