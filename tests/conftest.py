@@ -35,6 +35,25 @@ def _fresh_offline_machine(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture
+def user_models(tmp_path, monkeypatch) -> Path:
+    """An empty user models folder (SEPARATOR_MODELS) for cards a test writes."""
+    folder = tmp_path / "user_models"
+    folder.mkdir()
+    monkeypatch.setenv("SEPARATOR_MODELS", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread (`pytestmark = pytest.mark.usefixtures("one_thread")`): for small models, two
+    threads running small LSTM/conv steps mostly wait for each other on a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load_golden(name: str):
     """(class name, config dict, state dict, input, output) of a golden file in fixtures/."""
     from safetensors import safe_open

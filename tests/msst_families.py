@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from separator.nn import get_family
@@ -64,13 +63,3 @@ def meta_keys(family: str, config: dict) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         module = build(family, card_fields(family, config))
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: these models are small, and on a shared 2-core machine two threads running
-    small LSTM/conv steps mostly wait for each other (seconds instead of tenths)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

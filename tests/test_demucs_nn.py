@@ -40,6 +40,8 @@ from demucs.demucs import Demucs as RefDemucs  # noqa: E402
 from demucs.hdemucs import HDemucs as RefHDemucs  # noqa: E402
 from demucs.htdemucs import HTDemucs as RefHTDemucs  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
+
 FIXTURES = Path(__file__).parent / "fixtures" / "demucs"
 CASES = ["htdemucs_4s", "htdemucs_6s", "hdemucs_v3", "demucs_v2"]
 KLASS = {
@@ -57,14 +59,6 @@ def reference_tensors(case: str) -> tuple[dict[str, torch.Tensor], dict[str, str
 def card_model(meta: dict[str, str]) -> dict:
     """The card `model:` mapping of a golden case (its kwargs JSON, fractions HF-encoded)."""
     return {"klass": KLASS[meta["class"]], "kwargs": json.loads(meta["kwargs"])}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- golden cases --------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from separator.zoo.demucs import (
     safe_load,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
+
 FIXTURES = Path(__file__).parent / "fixtures" / "demucs"
 PACKAGES = {
     "htdemucs_4s": "htdemucs",
@@ -39,14 +41,6 @@ PACKAGES = {
     "hdemucs_v3": "hdemucs",
     "demucs_v2": "demucs",
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def reference(case: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

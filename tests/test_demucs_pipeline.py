@@ -35,17 +35,11 @@ from demucs.demucs import Demucs as RefDemucs  # noqa: E402
 from demucs.hdemucs import HDemucs as RefHDemucs  # noqa: E402
 from demucs.htdemucs import HTDemucs as RefHTDemucs  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
+
 FIXTURES = Path(__file__).parent / "fixtures" / "demucs"
 CASES = ["htdemucs_4s", "htdemucs_6s", "hdemucs_v3", "demucs_v2"]
 REFS = {"htdemucs": RefHTDemucs, "hdemucs": RefHDemucs, "demucs": RefDemucs}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def golden(case: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -38,6 +38,8 @@ from demucs.demucs import Demucs as RefDemucs  # noqa: E402
 from demucs.hdemucs import HDemucs as RefHDemucs  # noqa: E402
 from demucs.htdemucs import HTDemucs as RefHTDemucs  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
+
 FIXTURES = Path(__file__).parent / "fixtures" / "demucs"
 REFS = {"htdemucs": RefHTDemucs, "hdemucs": RefHDemucs, "demucs": RefDemucs}
 PRETRAINED = ["htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra",
@@ -48,14 +50,6 @@ TINY = {
     "hdemucs": dict(channels=4, nfft=256, depth=3, dconv_comp=2, segment=0.2),
     "demucs": dict(channels=4, depth=3, dconv_comp=2, segment=0.2),
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def package_bytes(klass: str, kwargs: dict, seed: int, scale: bool = True) -> bytes:

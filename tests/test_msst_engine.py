@@ -18,7 +18,8 @@ from separator.inference import Separator, load_separator
 from separator.zoo import build_model, load_model, read_card
 from separator.zoo.formats import save_state_dict
 from tests import test_nn_apollo, test_nn_mdx23c, test_nn_scnet
-from tests.msst_families import one_thread  # noqa: F401  (autouse)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 
 def _scnet_mono_22k() -> dict:
@@ -85,14 +86,6 @@ CASES = {
     "scnet_tran": (_scnet_mono_22k(), ("vocals", "other")),
     "apollo": (_apollo(), ("restored",)),
 }
-
-
-@pytest.fixture
-def user_models(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "user_models"
-    folder.mkdir()
-    monkeypatch.setenv("SEPARATOR_MODELS", str(folder))
-    return folder
 
 
 @pytest.fixture

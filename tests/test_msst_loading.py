@@ -17,7 +17,9 @@ from separator.errors import CheckpointError
 from separator.zoo import read_card, save_card
 from separator.zoo.cards import ModelCard
 from tests.golden_cases import load_case
-from tests.msst_families import golden_paths, msst_config, one_thread  # noqa: F401  (autouse)
+from tests.msst_families import golden_paths, msst_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 # Every MSST family with golden cases (two each: 26).
 FAMILIES = (

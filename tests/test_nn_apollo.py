@@ -14,9 +14,10 @@ from tests.msst_families import (
     meta_keys,
     msst_config,
     msst_keys,
-    one_thread,  # noqa: F401  (autouse fixture)
     run_golden,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 GOLDEN = golden_paths("apollo")
 

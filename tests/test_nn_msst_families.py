@@ -8,7 +8,9 @@ from separator.errors import ConfigError
 from separator.names import safe_name, safe_stem_names
 from separator.nn import infer_msst_family, msst_model_section
 from separator.nn.family import msst_stems
-from tests.msst_families import CONFIGS, msst_config, one_thread  # noqa: F401  (autouse)
+from tests.msst_families import CONFIGS, msst_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,10 @@ from tests.msst_families import (
     meta_keys,
     msst_config,
     msst_keys,
-    one_thread,  # noqa: F401  (autouse fixture)
     run_golden,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 FAMILIES = ("scnet", "scnet_masked", "scnet_tran")
 GOLDEN = [(f, p) for f in FAMILIES for p in golden_paths(f)]

@@ -15,7 +15,9 @@ from separator.training.losses import loss_spec, masked_mse, separation_loss
 from separator.training.recipe import load_recipe, recipe_from_dict
 from separator.training.trainer import Trainer
 from tests import test_nn_apollo, test_nn_mdx23c, test_nn_scnet
-from tests.msst_families import msst_config, one_thread  # noqa: F401  (autouse)
+from tests.msst_families import msst_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 ROOT = Path(__file__).resolve().parents[1]
 STEMS = ["vocals", "other"]

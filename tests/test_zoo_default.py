@@ -25,14 +25,6 @@ FOUR = ["drums", "bass", "other", "vocals"]
 
 
 @pytest.fixture
-def user_models(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "user_models"
-    folder.mkdir()
-    monkeypatch.setenv("SEPARATOR_MODELS", str(folder))
-    return folder
-
-
-@pytest.fixture
 def song(tmp_path, stempeg_example) -> Path:
     path = tmp_path / "song.wav"
     sf.write(path, stempeg_example["mixture"][:, :44100].T, 44100, subtype="FLOAT")

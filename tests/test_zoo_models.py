@@ -157,14 +157,6 @@ def test_models_list_filters_sort_and_json(capsys) -> None:
 # --- a model served from 127.0.0.1 ---------------------------------------------------------------
 
 
-@pytest.fixture
-def user_models(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "user_models"
-    folder.mkdir()
-    monkeypatch.setenv("SEPARATOR_MODELS", str(folder))
-    return folder
-
-
 def _tiny_card(tmp_path: Path, seed: int) -> tuple[ModelCard, bytes]:
     """A tiny BS-RoFormer card and its safetensors bytes."""
     cfg = tmp_path / "msst.yaml"
