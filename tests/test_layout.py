@@ -53,8 +53,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
-            targets = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
-            targets = targets or [base]
+            # `from pkg import sub` runs pkg/__init__ first: the package counts as imported too
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
         for target in targets:
             while target and target not in modules:  # `import a.b.c` imports a.b.c's package
                 target = target.rpartition(".")[0]

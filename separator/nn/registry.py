@@ -9,19 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import separator.nn.apollo as apollo
+import separator.nn.bandit as bandit
+import separator.nn.bandit_v2 as bandit_v2
+import separator.nn.bs_roformer as bs_roformer
+import separator.nn.conformer as conformer
+import separator.nn.demucs as demucs
+import separator.nn.experimental as experimental
+import separator.nn.mdx23c as mdx23c
+import separator.nn.mel_roformer as mel_roformer
+import separator.nn.scnet as scnet
 from separator.errors import ConfigError
-from separator.nn import (
-    apollo,
-    bandit,
-    bandit_v2,
-    bs_roformer,
-    conformer,
-    demucs,
-    experimental,
-    mdx23c,
-    mel_roformer,
-    scnet,
-)
 from separator.nn.family import Family
 
 _BUILTIN: tuple[Family, ...] = (
