@@ -22,7 +22,7 @@ Quirks of the reference that its checkpoints depend on, reproduced here:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,21 +242,29 @@ class Bandit(nn.Module):
         return separate(self.bsrnn, audio, STFT, self.stft.window, self.istft.window)
 
 
-def build(
-    model: Mapping[str, Any], *, sample_rate: int, stems: Sequence[str], chunk_size: int
-) -> Bandit:
-    """The family builder: `model` is the card's `model:` (MSST's `model:` + `audio_channels`)."""
-    kwargs = dict(model)
-    channels = pop_audio_channels(kwargs)
-    module = Bandit(**kwargs)
-    return set_io(
-        module,
-        sample_rate=sample_rate,
-        stems=stems,
-        chunk_size=chunk_size,
-        audio_channels=channels,
-        num_stems=len(module.config.mask_stems),
-    )
+def family_build(cls: type[nn.Module], mask_stems: str) -> Callable[..., nn.Module]:
+    """The family builder of a BandIt class: `model` is the card's `model:` (MSST's section +
+    `audio_channels`); `mask_stems` names the config field of the stems its masks make."""
+
+    def build(
+        model: Mapping[str, Any], *, sample_rate: int, stems: Sequence[str], chunk_size: int
+    ) -> nn.Module:
+        kwargs = dict(model)
+        channels = pop_audio_channels(kwargs)
+        module = cls(**kwargs)
+        return set_io(
+            module,
+            sample_rate=sample_rate,
+            stems=stems,
+            chunk_size=chunk_size,
+            audio_channels=channels,
+            num_stems=len(getattr(module.config, mask_stems)),
+        )
+
+    return build
+
+
+build = family_build(Bandit, "mask_stems")
 
 
 def _positive(value: Any, where: str) -> int:

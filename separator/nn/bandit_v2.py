@@ -20,7 +20,7 @@ reproduced here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from separator.errors import ConfigError
-from separator.nn.bandit import _from_dict, msst_channels, pop_audio_channels, stems_from_msst
+from separator.nn.bandit import (
+    _from_dict,
+    family_build,
+    msst_channels,
+    stems_from_msst,
+)
 from separator.nn.bsrnn import (
     BSRNN,
     CoreConfig,
@@ -38,7 +43,7 @@ from separator.nn.bsrnn import (
     musical_layout,
     separate,
 )
-from separator.nn.family import Family, msst_audio, set_io
+from separator.nn.family import Family, msst_audio
 from separator.nn.recurrent import ResidualRNN, Transpose
 
 _CPU = torch.device("cpu")
@@ -224,21 +229,7 @@ class BanditV2(BanditV2Core):
         return separate(self, audio, self.config.spec(), self.stft.window, self.istft.window)
 
 
-def build(
-    model: Mapping[str, Any], *, sample_rate: int, stems: Sequence[str], chunk_size: int
-) -> BanditV2:
-    """The family builder: `model` is the card's `model:` (MSST's `kwargs:` + `audio_channels`)."""
-    kwargs = dict(model)
-    channels = pop_audio_channels(kwargs)
-    module = BanditV2(**kwargs)
-    return set_io(
-        module,
-        sample_rate=sample_rate,
-        stems=stems,
-        chunk_size=chunk_size,
-        audio_channels=channels,
-        num_stems=len(module.config.stems),
-    )
+build = family_build(BanditV2, "stems")  # MSST `kwargs:` + `audio_channels`
 
 
 def from_msst(config: Mapping[str, Any]) -> dict[str, Any]:
