@@ -92,6 +92,12 @@ def set_io(
     return module
 
 
+def check_channels(got: int, expected: int, field: str = "model.audio_channels") -> None:
+    """A forward's input channel count against the model's (`field` is the config's name for it)."""
+    if got != expected:
+        raise ConfigError(f"model expects {expected} audio channel(s) ({field}), got {got}")
+
+
 def msst_stem_names(
     config: Mapping[str, Any], num_stems: int, default: Sequence[str] | None = None
 ) -> dict[str, str]:

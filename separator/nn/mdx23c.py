@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from separator.errors import ConfigError
-from separator.nn.family import Family, msst_audio, msst_stem_names, set_io
+from separator.nn.family import Family, check_channels, msst_audio, msst_stem_names, set_io
 from separator.nn.msst_config import positive, read_section
 from separator.nn.stft import istft, stft
 
@@ -249,11 +249,7 @@ class MDX23C(nn.Module):
     def forward(self, audio: Tensor) -> Tensor:
         """audio: (b, s, time) -> (b, n, s, time)."""
         b, s, length = audio.shape
-        if s != self.config.audio_channels:
-            raise ConfigError(
-                f"model expects {self.config.audio_channels} audio channel(s) "
-                f"(model.audio_channels), got {s}"
-            )
+        check_channels(s, self.config.audio_channels)
         padded = F.pad(audio, (0, self._padded_length(length) - length))
         spec = stft(padded, n_fft=self.config.n_fft, hop_length=self.config.hop_length,
                     window=self.window)  # fmt: skip

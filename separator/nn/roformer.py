@@ -19,10 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from separator.errors import ConfigError
 from separator.nn.bands import BandSplit, MaskEstimator, stft_bins
 from separator.nn.config import RoformerConfig
-from separator.nn.family import Family, msst_audio, msst_stems, set_io
+from separator.nn.family import Family, check_channels, msst_audio, msst_stems, set_io
 from separator.nn.layers import PolarEmbedding, RMSNorm, RotaryEmbedding, Transformer
 from separator.nn.stft import istft, stft
 
@@ -126,10 +125,7 @@ class RoformerBase(nn.Module):
         if audio.dim() == 2:
             audio = audio.unsqueeze(1)
         b, s, length = audio.shape
-        if s != self.audio_channels:
-            raise ConfigError(
-                f"model expects {self.audio_channels} audio channel(s) (model.stereo), got {s}"
-            )
+        check_channels(s, self.audio_channels, "model.stereo")
         spec = self._stft(audio)  # (b, s, f, t) complex64
         t = spec.shape[-1]
         # (b, s, f, t, c) -> (b, t, f·s·c): MSST's `b s f t c -> b t (f s c)` feature order.

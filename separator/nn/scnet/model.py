@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from separator.errors import ConfigError
-from separator.nn.family import Family, msst_audio, msst_stems, set_io
+from separator.nn.family import Family, check_channels, msst_audio, msst_stems, set_io
 from separator.nn.msst_config import read_section
 from separator.nn.scnet.blocks import FusionLayer, SDBlock, SULayer
 from separator.nn.scnet.config import SCNetConfig, SCNetTranConfig
@@ -61,11 +61,7 @@ class SCNet(nn.Module):
     def forward(self, audio: Tensor) -> Tensor:
         """audio: (b, s, time) -> (b, n, s, time)."""
         b, s, length = audio.shape
-        if s != self.config.audio_channels:
-            raise ConfigError(
-                f"model expects {self.config.audio_channels} audio channel(s) "
-                f"(model.audio_channels), got {s}"
-            )
+        check_channels(s, self.config.audio_channels)
         hop = self.config.hop_size
         pad = hop - length % hop  # MSST pads a full hop when length is a multiple of it
         if ((length + pad) // hop) % 2 == 0:
