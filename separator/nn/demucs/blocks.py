@@ -211,3 +211,8 @@ class DConv(nn.Module):
         for layer in self.layers:
             x = x + layer(x)
         return x
+
+
+def group_norm(norm: bool, groups: int, channels: int) -> nn.Module:
+    """demucs's optional GroupNorm of a layer: GroupNorm(groups, channels), or Identity."""
+    return nn.GroupNorm(groups, channels) if norm else nn.Identity()

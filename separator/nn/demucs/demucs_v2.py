@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from separator.nn.demucs.blocks import BLSTM, DConv, center_trim, check, rescale_convs
+from separator.nn.demucs.blocks import BLSTM, DConv, center_trim, check, group_norm, rescale_convs
 
 
 def _sinc_kernels(old: int, new: int, zeros: int = 24, rolloff: float = 0.945) -> Tensor:
@@ -187,10 +187,6 @@ def rename_pre_v3(state: Mapping[str, Tensor], depth: int) -> dict[str, Tensor]:
     return state
 
 
-def _norm(norm: bool, groups: int, channels: int) -> nn.Module:
-    return nn.GroupNorm(groups, channels) if norm else nn.Identity()
-
-
 def _encoder_layer(
     chin,
     chout,
@@ -211,7 +207,7 @@ def _encoder_layer(
     """conv(k, stride) -> norm -> act [-> DConv] [-> 1x1 conv -> norm -> GLU]; demucs indices."""
     mods: list[nn.Module] = [
         nn.Conv1d(chin, chout, kernel_size, stride),
-        _norm(norm, norm_groups, chout),
+        group_norm(norm, norm_groups, chout),
         nn.GELU() if gelu else nn.ReLU(),
     ]
     if dconv_mode & 1:
@@ -220,7 +216,7 @@ def _encoder_layer(
         scale = 2 if glu else 1
         mods += [
             nn.Conv1d(chout, scale * chout, 1),
-            _norm(norm, norm_groups, scale * chout),
+            group_norm(norm, norm_groups, scale * chout),
             nn.GLU(dim=1) if glu else nn.ReLU(),
         ]
     return nn.Sequential(*mods)
@@ -250,12 +246,12 @@ def _decoder_layer(
         scale = 2 if glu else 1
         mods += [
             nn.Conv1d(chin, scale * chin, 2 * context + 1, padding=context),
-            _norm(norm, norm_groups, scale * chin),
+            group_norm(norm, norm_groups, scale * chin),
             nn.GLU(dim=1) if glu else nn.ReLU(),
         ]
     if dconv_mode & 2:
         mods.append(DConv(chin, attn=attn, lstm=lstm, **dconv))
     mods.append(nn.ConvTranspose1d(chin, chout, kernel_size, stride))
     if index > 0:
-        mods += [_norm(norm, norm_groups, chout), nn.GELU() if gelu else nn.ReLU()]
+        mods += [group_norm(norm, norm_groups, chout), nn.GELU() if gelu else nn.ReLU()]
     return nn.Sequential(*mods)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from separator.nn.demucs.blocks import DConv, check
+from separator.nn.demucs.blocks import DConv, check, group_norm
 
 
 class FreqEmbedding(nn.Module):
@@ -38,10 +38,6 @@ class FreqEmbedding(nn.Module):
 
     def forward(self, index: Tensor) -> Tensor:
         return self.embedding(index) * self.scale
-
-
-def _norm(norm: bool, groups: int, channels: int) -> nn.Module:
-    return nn.GroupNorm(groups, channels) if norm else nn.Identity()
 
 
 def _run_dconv(dconv: nn.Module, y: Tensor, freq: bool) -> Tensor:
@@ -89,12 +85,12 @@ class HEncLayer(nn.Module):
             self.conv = nn.Conv1d(chin, chout, kernel_size, stride, self.pad)
         if empty:
             return
-        self.norm1 = _norm(norm, norm_groups, chout)
+        self.norm1 = group_norm(norm, norm_groups, chout)
         self.rewrite = None
         if rewrite:
             conv = nn.Conv2d if freq else nn.Conv1d
             self.rewrite = conv(chout, 2 * chout, 1 + 2 * context, 1, context)
-            self.norm2 = _norm(norm, norm_groups, 2 * chout)
+            self.norm2 = group_norm(norm, norm_groups, 2 * chout)
         self.dconv = DConv(chout, **(dconv_kw or {})) if dconv else None
 
     def forward(self, x: Tensor, inject: Tensor | None = None) -> Tensor:
@@ -151,7 +147,7 @@ class HDecLayer(nn.Module):
             self.conv_tr: nn.Module = nn.ConvTranspose2d(chin, chout, (kernel_size, 1), (stride, 1))
         else:
             self.conv_tr = nn.ConvTranspose1d(chin, chout, kernel_size, stride)
-        self.norm2 = _norm(norm, norm_groups, chout)
+        self.norm2 = group_norm(norm, norm_groups, chout)
         if empty:
             return
         self.rewrite = None
@@ -162,7 +158,7 @@ class HDecLayer(nn.Module):
                 self.rewrite = nn.Conv2d(chin, 2 * chin, 1 + 2 * context, 1, context)
             else:  # context along time only (layers split by MultiWrap)
                 self.rewrite = nn.Conv2d(chin, 2 * chin, (1, 1 + 2 * context), 1, (0, context))
-            self.norm1 = _norm(norm, norm_groups, 2 * chin)
+            self.norm1 = group_norm(norm, norm_groups, 2 * chin)
         self.dconv = DConv(chin, **(dconv_kw or {})) if dconv else None
 
     def forward(self, x: Tensor, skip: Tensor | None, length: int | None) -> tuple[Tensor, Tensor]:
