@@ -31,6 +31,7 @@ from separator.zoo.demucs import (
     read_state_dict,
     safe_load,
 )
+from tests.test_demucs_nn import MSST_YAML as NN_MSST_YAML
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
@@ -279,29 +280,8 @@ def test_quantized_state_that_does_not_fit_is_refused(tmp_path, monkeypatch):
 
 
 # --- MSST-trained HTDemucs ------------------------------------------------------------------------
-MSST_YAML = {
-    "audio": {"chunk_size": 8820, "hop_length": 1024},
-    "training": {
-        "instruments": ["drums", "bass", "other", "vocals"],
-        "channels": 2,
-        "samplerate": 44100,
-        "segment": 0.2,
-    },
-    "model": "htdemucs",
-    "htdemucs": {
-        "channels": 4,
-        "num_subbands": 1,
-        "dconv_comp": 4,
-        "bottom_channels": 40,
-        "t_layers": 3,
-        "t_heads": 8,
-        "dconv_mode": 3,
-        "t_dropout": 0.02,
-        "channels_time": None,
-        "t_lr": None,
-        "multi_freqs": [],
-    },
-}
+# test_demucs_nn's MSST YAML, with the hop MSST's audio section also carries
+MSST_YAML = {**NN_MSST_YAML, "audio": {**NN_MSST_YAML["audio"], "hop_length": 1024}}
 
 
 @pytest.mark.parametrize("form", ["plain", "state", "state_dict", "model_state_dict", "module."])
