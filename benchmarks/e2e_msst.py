@@ -204,7 +204,13 @@ def chunk_child(tool: str, card: Path, msst: Path, seconds: float | None) -> Non
     """One chunk through one tool's model, in this fresh process: seconds and peak RSS.
 
     With `seconds`, a shorter input is timed and its time scaled to the chunk's length
-    (linearly: an estimate that leaves out attention's growth with length, alike for both)."""
+    (linearly: an estimate that leaves out attention's growth with length, alike for both).
+    Ours runs with the process settings of the `separate` command (separator.cli.memory), made
+    before torch is imported; MSST's with the defaults its inference.py runs with."""
+    if tool == "chunk-ours":
+        from separator.cli.memory import keep_freed_memory
+
+        keep_freed_memory()
     import torch
     import yaml
     from safetensors.torch import load_file

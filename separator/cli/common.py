@@ -10,14 +10,10 @@ from __future__ import annotations
 import os
 import re
 
-# Large CPU tensors on transparent huge pages: the models allocate and free many big
-# activations, and with 4 KiB pages the page faults cost ~15% of a CPU forward pass. Read by
-# torch's CPU allocator, so it is set before torch is imported (CLI processes only).
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 import typer
 from typer import TyperException
 
+from separator.cli.memory import keep_freed_memory
 from separator.errors import SeparatorError
 
 app = typer.Typer(
@@ -97,6 +93,7 @@ def exit_process(code: int) -> None:
 
 def run_app(typer_app: typer.Typer, argv: list[str] | None) -> int:
     """Run a Typer app in-process and return its exit code (errors as one line each)."""
+    keep_freed_memory()
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of raising.
         rc = typer_app(args=argv, standalone_mode=False, prog_name=typer_app.info.name)
