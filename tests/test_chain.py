@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -102,3 +104,29 @@ def test_bad_chains_are_refused() -> None:
         Chain([a, b], ["drums"], names=["a", "b"])
     with pytest.raises(SeparatorError, match="two or more steps"):
         Chain([a], [])
+
+
+DEMUCS_BAG = Path(__file__).parent / "fixtures" / "demucs" / "bag_small.yaml"
+
+
+@pytest.mark.parametrize("taken", ["vocals", "no_vocals"])
+def test_a_normalising_demucs_model_can_be_a_later_step(taken, tmp_path) -> None:
+    """Its mixture statistics come from a first pass over its own input: the steps before it
+    run again on the mixture, so the chain equals the steps run one after another."""
+    import separator
+
+    first = _sep(_conv(4))
+    bag = Separator(separator.load_model(DEMUCS_BAG), device="cpu", shifts=0)
+    assert bag.pipeline.normalize
+    mix = torch.randn(2, 30000, generator=torch.Generator().manual_seed(5)) * 0.3
+    chain = Chain([first, bag], [taken])
+    out = chain.separate_tensor(mix, 44100)
+    alone = bag.separate_tensor(first.separate_tensor(mix, 44100, stems=taken)[taken], 44100)
+    assert list(out) == [f"{taken}-{s}" for s in bag.stems]
+    for stem in bag.stems:
+        torch.testing.assert_close(out[f"{taken}-{stem}"], alone[stem], atol=1e-5, rtol=0)
+    path = tmp_path / "song.wav"  # from a file: the first pass reads the file again
+    sf.write(path, mix.numpy().T, 44100, subtype="FLOAT")
+    written = chain.separate_file(path, output_dir=tmp_path / "out", stems=f"{taken}-drums")
+    got = sf.read(written[f"{taken}-drums"], dtype="float32")[0].T
+    np.testing.assert_allclose(got, alone["drums"].numpy(), atol=1e-5)

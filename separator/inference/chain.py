@@ -96,9 +96,8 @@ class _ChainPipeline(PipelineBase):
                 local.append(chain.taken[k])
             local = list(dict.fromkeys(local))
             plans_k = resolve_stems(chain.steps[k].stems, local)
-            # only the first step reads the mixture, which a first pass (statistics) can rewind
-            first = rewind if k == 0 else None
-            self.pipes.append(chain.steps[k]._pipeline(in_rate, in_channels, plans_k, where, first))
+            again = step_input(chain, k, in_rate, in_channels, where, rewind)
+            self.pipes.append(chain.steps[k]._pipeline(in_rate, in_channels, plans_k, where, again))
         # finished samples of each needed output, waiting for the slowest output to catch up
         self.queues = {i: deque() for i in self.needed}
         self.ready = {i: 0 for i in self.needed}
@@ -142,3 +141,37 @@ class _ChainPipeline(PipelineBase):
     def queued(self) -> int:
         """Samples finished by some output but waiting for the slowest one (bounded: latency)."""
         return max(self.ready.values(), default=0)
+
+
+def step_input(chain: Chain, k: int, in_rate: int, in_channels: int, where: str, rewind=None):
+    """A rewind of step k's input: the mixture's `rewind` for step 0; for a later step, the
+    mixture run anew through steps 0..k-1, block by block (None without a mixture rewind).
+
+    A step that needs a first pass over its input (demucs's mixture statistics) reads it from
+    here, so such a model can be any step of a chain: the steps before it then run twice, and
+    memory stays constant. Yields (n, in_channels) blocks at `in_rate`, as the pipelines do.
+    """
+    if k == 0 or rewind is None:
+        return rewind
+
+    empty = np.zeros((0, in_channels), np.float32)
+
+    def blocks():
+        pipes = []
+        for j in range(k):
+            plans = resolve_stems(chain.steps[j].stems, [chain.taken[j]])
+            again = step_input(chain, j, in_rate, in_channels, where, rewind)
+            pipes.append(chain.steps[j]._pipeline(in_rate, in_channels, plans, where, again))
+        for block in rewind():
+            for j, pipe in enumerate(pipes):
+                block = pipe.push(block).get(chain.taken[j], empty) if len(block) else block
+            if len(block):
+                yield block
+        block = empty  # end of the mixture: flush each step, feeding the next its tail
+        for j, pipe in enumerate(pipes):
+            head = pipe.push(block).get(chain.taken[j], empty) if len(block) else empty
+            block = np.concatenate([head, pipe.flush().get(chain.taken[j], empty)])
+        if len(block):
+            yield block
+
+    return blocks
