@@ -17,6 +17,7 @@ its residuals `vocals-noreverb-no_vocals`, ...). By default a chain writes the l
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Sequence
 
@@ -113,16 +114,8 @@ class _ChainPipeline(PipelineBase):
         return self._emit()
 
     def _run(self, block: np.ndarray | None, *, last: bool) -> None:
-        """Push `block` through the steps in order (each gets what the one before finished)."""
-        x = block
-        for k, pipe in enumerate(self.pipes):
-            out = pipe.push(x) if x is not None and len(x) else {}
-            if last:
-                tail = pipe.flush()
-                out = {s: np.concatenate([out[s], tail[s]]) if s in out else tail[s] for s in tail}
+        for k, out in push_through(self.pipes, self.chain.taken, block, last=last):
             self._collect(k, out)
-            if k + 1 < len(self.pipes):
-                x = out.get(self.chain.taken[k])
 
     def _collect(self, k: int, out: dict[str, np.ndarray]) -> None:
         for i, (step, stem) in self.local.items():
@@ -154,24 +147,31 @@ def step_input(chain: Chain, k: int, in_rate: int, in_channels: int, where: str,
     if k == 0 or rewind is None:
         return rewind
 
-    empty = np.zeros((0, in_channels), np.float32)
-
     def blocks():
         pipes = []
         for j in range(k):
             plans = resolve_stems(chain.steps[j].stems, [chain.taken[j]])
             again = step_input(chain, j, in_rate, in_channels, where, rewind)
             pipes.append(chain.steps[j]._pipeline(in_rate, in_channels, plans, where, again))
-        for block in rewind():
-            for j, pipe in enumerate(pipes):
-                block = pipe.push(block).get(chain.taken[j], empty) if len(block) else block
-            if len(block):
-                yield block
-        block = empty  # end of the mixture: flush each step, feeding the next its tail
-        for j, pipe in enumerate(pipes):
-            head = pipe.push(block).get(chain.taken[j], empty) if len(block) else empty
-            block = np.concatenate([head, pipe.flush().get(chain.taken[j], empty)])
-        if len(block):
-            yield block
+        for block in itertools.chain(rewind(), [None]):  # None: the end, flush every step
+            *_, (_, out) = push_through(pipes, chain.taken, block, last=block is None)
+            x = out.get(chain.taken[k - 1])
+            if x is not None and len(x):
+                yield x
 
     return blocks
+
+
+def push_through(pipes, taken: Sequence[str], block: np.ndarray | None, *, last: bool):
+    """Push `block` (None: nothing more) through the step pipelines in order, each getting stem
+    `taken[k]` of what the one before finished, flushing each when `last`. Yields (k, output of
+    step k): {stem: (n, channels)} blocks."""
+    x = block
+    for k, pipe in enumerate(pipes):
+        out = pipe.push(x) if x is not None and len(x) else {}
+        if last:
+            tail = pipe.flush()
+            out = {s: np.concatenate([out[s], tail[s]]) if s in out else tail[s] for s in tail}
+        yield k, out
+        if k + 1 < len(pipes):
+            x = out.get(taken[k])
