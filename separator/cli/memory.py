@@ -16,6 +16,7 @@ made by the command line only, never by importing the library:
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -24,9 +25,9 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 # mallopt parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _LARGEST = 2**31 - 1  # mallopt takes a C int
-_done: list[bool] = []
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc's malloc serve large blocks from its heap and keep freed memory for reuse.
 
@@ -37,16 +38,12 @@ def keep_freed_memory() -> bool:
     instead of returning it between chunks. Returns whether the settings were made (glibc only;
     once per process; not with `SEPARATOR_MALLOC=system`).
     """
-    if _done:
-        return _done[0]
-    ok = False
-    if os.environ.get("SEPARATOR_MALLOC", "").lower() != "system" and _is_glibc():
-        mallopt = ctypes.CDLL(None).mallopt
-        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        settings = ((_M_MMAP_THRESHOLD, _LARGEST), (_M_TRIM_THRESHOLD, _LARGEST), (_M_ARENA_MAX, 1))
-        ok = all(mallopt(param, value) == 1 for param, value in settings)
-    _done.append(ok)
-    return ok
+    if os.environ.get("SEPARATOR_MALLOC", "").lower() == "system" or not _is_glibc():
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    settings = ((_M_MMAP_THRESHOLD, _LARGEST), (_M_TRIM_THRESHOLD, _LARGEST), (_M_ARENA_MAX, 1))
+    return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def _is_glibc() -> bool:
